@@ -1,0 +1,98 @@
+"""A loaded IP-Adapter: projection module plus per-layer ``to_k_ip``/``to_v_ip`` weights.
+
+Loading (files, detection) is kept apart from the math: :meth:`IPAdapterModel.from_tensors`
+takes already-read tensors, so tests and the API's embeds path share the exact code that runs in
+the WebUI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .detect import AdapterInfo, detect_adapter
+from .encoder import ClipVisionEncoder
+from .formats import AdapterTensors, load_adapter_tensors
+from .projections import EncodedImages, Projection, build_projection
+
+
+class IPAdapterModel:
+    """Immutable after loading; one instance can serve several units and generations."""
+
+    def __init__(
+        self,
+        info: AdapterInfo,
+        projection: Projection,
+        to_k: list[torch.Tensor],
+        to_v: list[torch.Tensor],
+        name: str = "adapter",
+    ) -> None:
+        self.info = info
+        self.projection = projection
+        self.to_k = to_k
+        self.to_v = to_v
+        self.name = name
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: AdapterTensors, filename: str = "adapter", override: str | None = None
+    ) -> IPAdapterModel:
+        info = detect_adapter(tensors.shapes(), filename, override)
+        projection = build_projection(info, tensors.image_proj, filename)
+        to_k = [tensors.ip_adapter[f"{2 * n + 1}.to_k_ip.weight"] for n in range(info.num_layers)]
+        to_v = [tensors.ip_adapter[f"{2 * n + 1}.to_v_ip.weight"] for n in range(info.num_layers)]
+        return cls(info, projection, to_k, to_v, Path(filename).stem)
+
+    @classmethod
+    def from_file(cls, path: str | Path, override: str | None = None) -> IPAdapterModel:
+        path = Path(path)
+        return cls.from_tensors(load_adapter_tensors(path), path.name, override)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IPAdapterModel:
+        """Move the K/V weights (UNet dtype and device); the projection stays fp32 for accuracy."""
+        self.to_k = [w.to(device=device, dtype=dtype) for w in self.to_k]
+        self.to_v = [w.to(device=device, dtype=dtype) for w in self.to_v]
+        if device is not None:
+            self.projection.to(device)
+        return self
+
+    @torch.inference_mode()
+    def project(self, enc: EncodedImages, shortcut_scale: float = 1.0) -> torch.Tensor:
+        """Encoder outputs for N images → [N, T, ctx] image tokens (fp32)."""
+        device = next(self.projection.parameters()).device
+        as_fp32 = EncodedImages(**{k: None if v is None else v.to(device, torch.float32) for k, v in vars(enc).items()})
+        return self.projection(as_fp32, shortcut_scale=shortcut_scale)
+
+    @staticmethod
+    def uncond_inputs(enc: EncodedImages, encoder: ClipVisionEncoder | None) -> EncodedImages:
+        """The negative inputs of the original repository: zero image embeds, zero face
+        embeddings, and the encoder's hidden states for a zero normalised image."""
+        hidden = None
+        if enc.hidden is not None:
+            if encoder is None:
+                raise ValueError("uncond hidden states need the encoder that produced the cond ones")
+            hidden = encoder.uncond_hidden().to(enc.hidden.device).expand(enc.hidden.shape[0], -1, -1)
+        return EncodedImages(
+            image_embeds=None if enc.image_embeds is None else torch.zeros_like(enc.image_embeds),
+            hidden=hidden,
+            face=None if enc.face is None else torch.zeros_like(enc.face),
+        )
+
+    def cond_uncond_tokens(
+        self, enc: EncodedImages, encoder: ClipVisionEncoder | None, shortcut_scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([1, N·T, ctx], [1, N·T, ctx]): all references' tokens concatenated, and the uncond."""
+        cond = self.project(enc, shortcut_scale)
+        uncond = self.project(self.uncond_inputs(enc, encoder), shortcut_scale)
+        return cond.reshape(1, -1, cond.shape[-1]), uncond.reshape(1, -1, uncond.shape[-1])
+
+    @torch.inference_mode()
+    def layer_kv(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, ``(tokens · W_kᵀ, tokens · W_vᵀ)``, in the weights' dtype and device."""
+        out = []
+        for wk, wv in zip(self.to_k, self.to_v, strict=True):
+            t = tokens.to(device=wk.device, dtype=wk.dtype)
+            out.append((F.linear(t, wk), F.linear(t, wv)))
+        return out

@@ -1,0 +1,105 @@
+"""The image term of decoupled cross-attention for one layer.
+
+``Z = Attn(q, K_text, V_text) + Σ_units term(q, K_ip, V_ip, w)``, all before ``to_out``. The host
+computes the text part with whatever attention implementation is active and adds the value
+returned here to the input of ``to_out``, so the output projection and its bias run exactly once.
+
+The weight modes differ only in how ``w`` enters (paper/diffusers scale the output; ComfyUI's
+modes scale K and V, optionally with a per-layer width penalty). The mode is resolved to a function
+once, so the per-call path has no branching on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+#: Width at which the channel penalty is 1 (SD's deepest cross-attention layers).
+PENALTY_REFERENCE_WIDTH = 1280.0
+
+
+class WeightMode(str, Enum):
+    V_ONLY = "v_only"  # w · Attn(q, K, V): the paper's λ, diffusers' scale
+    KV = "kv"  # Attn(q, wK, wV): w also sharpens/flattens the softmax
+    KV_PENALTY = "kv_penalty"  # as KV with w' = w · C / 1280
+    K_MEAN_V_PENALTY = "k_mean_v_penalty"  # K ← w'K, V ← (V − mean V) + w'·mean V
+
+
+# (k, v, weight) → (k, v) such that Attn(q, k, v) is the weighted term.
+_Scaler = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _v_only(k: torch.Tensor, v: torch.Tensor, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # w · softmax(qKᵀ)V == softmax(qKᵀ)(wV): scaling the T value rows is cheaper than the N outputs.
+    return k, v * w
+
+
+def _kv(k: torch.Tensor, v: torch.Tensor, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return k * w, v * w
+
+
+def _kv_penalty(k: torch.Tensor, v: torch.Tensor, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kv(k, v, w * k.shape[-1] / PENALTY_REFERENCE_WIDTH)
+
+
+def _k_mean_v_penalty(k: torch.Tensor, v: torch.Tensor, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w * k.shape[-1] / PENALTY_REFERENCE_WIDTH
+    mean = v.mean(dim=-2, keepdim=True)
+    return k * w, (v - mean) + mean * w
+
+
+SCALERS: dict[WeightMode, _Scaler] = {
+    WeightMode.V_ONLY: _v_only,
+    WeightMode.KV: _kv,
+    WeightMode.KV_PENALTY: _kv_penalty,
+    WeightMode.K_MEAN_V_PENALTY: _k_mean_v_penalty,
+}
+
+
+@dataclass(frozen=True)
+class ImageKV:
+    """One adapter's keys and values at one layer, already laid out for the rows of ``q``."""
+
+    k: torch.Tensor  # [B, T, inner], or [1, T, inner] shared by every row
+    v: torch.Tensor
+    weight: float
+    scaler: _Scaler = _v_only
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, inner = t.shape
+    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def add_image_attention(
+    z: torch.Tensor, q: torch.Tensor, heads: int, terms: Iterable[ImageKV], upcast: bool = False
+) -> torch.Tensor:
+    """``z + Σ term`` for the text-attention output ``z`` and query ``q`` (both [B, N, inner],
+    before the head split). Returns ``z`` itself when no term applies: a weight of exactly 0 skips
+    its adapter, so weight 0 is bit-identical to no adapter.
+
+    The sum stays in the attention's [B, heads, N, d] layout and is added to ``z`` through a
+    strided view, so the only full-size passes are the attention itself and one add.
+    ``upcast`` runs the attention in fp32, honouring the host's "upcast cross attention" setting.
+    """
+    acc: torch.Tensor | None = None
+    qh: torch.Tensor | None = None
+    b, n, inner = q.shape
+    for term in terms:
+        if term.weight == 0:
+            continue
+        if qh is None:
+            qh = _split_heads(q.float() if upcast else q, heads)
+        k, v = term.scaler(term.k.to(qh.dtype), term.v.to(qh.dtype), term.weight)
+        out = F.scaled_dot_product_attention(
+            qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
+        )
+        acc = out if acc is None else acc + out
+    if acc is None:
+        return z
+    summed = z.reshape(b, n, heads, inner // heads) + acc.transpose(1, 2)
+    return summed.reshape(b, n, inner).to(z.dtype)

@@ -1,0 +1,94 @@
+"""Pre-flight checks: does this adapter fit this encoder and this UNet?
+
+Run before sampling, so a mismatch is reported in words with the fix ("this is an SDXL adapter;
+the loaded checkpoint is SD1.5") instead of a tensor size mismatch mid-generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .detect import KNOWN_CONTEXT, AdapterInfo, EncoderOutput
+from .encoder import ClipVisionSpec
+from .errors import IncompatibleModelError
+
+
+@dataclass(frozen=True)
+class UNetSignature:
+    """What the host reports about the UNet about to sample.
+
+    ``attn2_widths`` lists the query width of every cross-attention layer in adapter key order
+    (down blocks, up blocks, then the middle block).
+    """
+
+    context_dim: int
+    attn2_widths: tuple[int, ...]
+    label: str = ""
+
+    @property
+    def family(self) -> str:
+        if self.label:
+            return self.label
+        return KNOWN_CONTEXT.get(self.context_dim, f"a model with context width {self.context_dim}")
+
+
+def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the adapter") -> None:
+    """Raise :class:`IncompatibleModelError` naming the mismatch and the fix."""
+    if info.context_dim != unet.context_dim:
+        raise IncompatibleModelError(
+            f"{model_name} is an {info.family} IP-Adapter; the loaded checkpoint is {unet.family}. "
+            f"Choose an IP-Adapter model made for {unet.family}, or load an {info.family} checkpoint."
+        )
+    if info.num_layers != len(unet.attn2_widths):
+        raise IncompatibleModelError(
+            f"{model_name} has {info.num_layers} cross-attention layers; the loaded {unet.family} UNet has "
+            f"{len(unet.attn2_widths)}. The checkpoint is probably a distilled or pruned variant "
+            "(e.g. SSD-1B, Vega) that this adapter was not trained for; use a full-size checkpoint."
+        )
+    for n, (want, have) in enumerate(zip(info.layer_widths, unet.attn2_widths, strict=True)):
+        if want != have:
+            raise IncompatibleModelError(
+                f"{model_name}: cross-attention layer {n} (key {2 * n + 1}) is {want} wide in the adapter "
+                f"but {have} wide in the loaded UNet. The checkpoint's architecture differs from the "
+                f"{info.family} UNet the adapter was trained on."
+            )
+
+
+def check_encoder(
+    info: AdapterInfo, spec: ClipVisionSpec, model_name: str = "the adapter", encoder_name: str = "the encoder"
+) -> None:
+    """Raise :class:`IncompatibleModelError` when the encoder cannot feed the projection."""
+    req = info.encoder
+    if not req.needs_clip:
+        return
+    have_desc = spec.describe()
+    if req.output is EncoderOutput.IMAGE_EMBEDS:
+        if spec.projection_dim is None:
+            raise IncompatibleModelError(
+                f"{model_name} needs image embeds, but '{encoder_name}' ({have_desc}) has no visual_projection "
+                f"weights. Use a complete {req.describe()} file."
+            )
+        if spec.projection_dim == req.width:
+            return
+        have = f"{spec.projection_dim}-wide image embeds"
+    else:
+        if spec.hidden_size == req.clip_width:
+            return
+        have = f"{spec.hidden_size}-wide hidden states"
+    raise IncompatibleModelError(
+        f"{model_name} ({info.describe()}) cannot use '{encoder_name}': it gives {have} ({have_desc}). "
+        f"Choose {req.describe()} as the encoder, or 'auto'."
+    )
+
+
+def compatible_encoders(info: AdapterInfo, specs: Sequence[tuple[str, ClipVisionSpec]]) -> list[str]:
+    """Names of the encoders (from ``(name, spec)`` pairs) that fit ``info``, for 'auto' and hints."""
+    fits = []
+    for name, spec in specs:
+        try:
+            check_encoder(info, spec)
+        except IncompatibleModelError:
+            continue
+        fits.append(name)
+    return fits

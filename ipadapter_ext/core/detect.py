@@ -1,0 +1,331 @@
+"""What an adapter file is, decided from its tensor shapes.
+
+The most common failures of other integrations are models "not found" because a loader guessed
+from a file name, and size-mismatch tracebacks in the middle of sampling because adapter, encoder
+and checkpoint did not fit. Here the tensors decide: base family, projection kind, token count,
+required encoder and which encoder output feeds the projection. The file name is consulted only
+for the few variants whose tensors are identical (light, plus-face, FaceID-Plus v2,
+portrait-unnorm, InstantID), and an explicit override beats both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import ModelFileError
+from .formats import Shape, guess_content, normalise_shapes
+
+
+class ProjectionKind(str, Enum):
+    """The projection module family, which fixes the code path."""
+
+    IMAGE = "image"  # ImageProjModel: linear + LayerNorm on image_embeds
+    RESAMPLER = "resampler"  # "plus": perceiver resampler over hidden states
+    FULL = "full"  # full-face MLP, token-wise over hidden states
+    FACEID = "faceid"  # FaceID MLP on a face embedding (LoRA-trained)
+    FACEID_PLUS = "faceid_plus"  # FaceID MLP + perceiver over CLIP hidden states
+    PORTRAIT = "portrait"  # FaceID MLP without LoRA, several faces concatenated
+
+
+class EncoderOutput(str, Enum):
+    """Which encoder output feeds the projection."""
+
+    IMAGE_EMBEDS = "image_embeds"  # projected CLS token, one vector per image
+    PENULTIMATE = "penultimate"  # hidden_states[-2], no post_layernorm
+    FACE = "face"  # insightface embedding only
+    FACE_AND_PENULTIMATE = "face+penultimate"  # FaceID-Plus
+
+
+#: Known CLIP vision encoders by hidden width and by projection width.
+KNOWN_HIDDEN = {1280: "ViT-H/14", 1664: "ViT-bigG/14", 1024: "ViT-L/14"}
+KNOWN_PROJECTION = {1024: "ViT-H/14", 1280: "ViT-bigG/14", 768: "ViT-L/14"}
+#: Known UNet families by cross-attention context width.
+KNOWN_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
+#: Cross-attention layer counts of the two topologies adapters are published for.
+TOPOLOGY_BY_LAYERS = {16: "SD1.5", 70: "SDXL"}
+FACE_EMBED_WIDTH = 512
+
+#: Variant name → (display name, projection kind it requires).
+VARIANTS: dict[str, tuple[str, ProjectionKind]] = {
+    "base": ("IP-Adapter", ProjectionKind.IMAGE),
+    "light": ("IP-Adapter Light", ProjectionKind.IMAGE),
+    "plus": ("IP-Adapter Plus", ProjectionKind.RESAMPLER),
+    "plus-face": ("IP-Adapter Plus Face", ProjectionKind.RESAMPLER),
+    "portrait-unnorm": ("IP-Adapter FaceID Portrait (unnorm)", ProjectionKind.RESAMPLER),
+    "instantid": ("InstantID (IP part)", ProjectionKind.RESAMPLER),
+    "full-face": ("IP-Adapter Full Face", ProjectionKind.FULL),
+    "faceid": ("IP-Adapter FaceID", ProjectionKind.FACEID),
+    "faceid-plus": ("IP-Adapter FaceID Plus", ProjectionKind.FACEID_PLUS),
+    "faceid-plusv2": ("IP-Adapter FaceID Plus v2", ProjectionKind.FACEID_PLUS),
+    "portrait": ("IP-Adapter FaceID Portrait", ProjectionKind.PORTRAIT),
+}
+
+#: File-name hints, consulted only among variants whose tensors are identical.
+_NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
+    ProjectionKind.IMAGE: (("light", "light"),),
+    ProjectionKind.RESAMPLER: (
+        ("unnorm", "portrait-unnorm"),
+        ("instant", "instantid"),
+        ("face", "plus-face"),
+    ),
+    ProjectionKind.FACEID_PLUS: (("v2", "faceid-plusv2"),),
+}
+_DEFAULT_VARIANT = {
+    ProjectionKind.IMAGE: "base",
+    ProjectionKind.RESAMPLER: "plus",
+    ProjectionKind.FULL: "full-face",
+    ProjectionKind.FACEID: "faceid",
+    ProjectionKind.FACEID_PLUS: "faceid-plus",
+    ProjectionKind.PORTRAIT: "portrait",
+}
+_FACE_RESAMPLER_VARIANTS = {"portrait-unnorm", "instantid"}
+
+
+@dataclass(frozen=True)
+class EncoderRequirement:
+    """What the projection needs as input, in terms a user can match to a file."""
+
+    output: EncoderOutput
+    width: int  # image_embeds width, hidden width, or face embedding width
+    clip_hidden: int | None = None  # for FaceID-Plus: width of the CLIP hidden states
+
+    @property
+    def needs_clip(self) -> bool:
+        return self.output is not EncoderOutput.FACE
+
+    @property
+    def clip_width(self) -> int:
+        """The width the CLIP encoder must produce for the output used."""
+        return self.clip_hidden if self.clip_hidden is not None else self.width
+
+    @property
+    def clip_name(self) -> str | None:
+        """Known encoder name (e.g. ``ViT-H/14``) or ``None`` for unknown widths."""
+        if self.output is EncoderOutput.IMAGE_EMBEDS:
+            return KNOWN_PROJECTION.get(self.width)
+        if self.output is EncoderOutput.FACE:
+            return None
+        return KNOWN_HIDDEN.get(self.clip_width)
+
+    def describe(self) -> str:
+        if self.output is EncoderOutput.FACE:
+            return "a face embedding (insightface)"
+        name = self.clip_name
+        if name:
+            clip = f"CLIP {name}"
+        elif self.output is EncoderOutput.IMAGE_EMBEDS:
+            clip = f"a CLIP vision encoder with {self.width}-wide image embeds"
+        else:
+            clip = f"a CLIP vision encoder with {self.clip_width}-wide hidden states"
+        if self.output is EncoderOutput.FACE_AND_PENULTIMATE:
+            return f"a face embedding (insightface) + {clip}"
+        return clip
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """Everything the rest of the extension needs to know about an adapter file."""
+
+    variant: str
+    kind: ProjectionKind
+    context_dim: int
+    layer_widths: tuple[int, ...]  # per cross-attention layer, in checkpoint key order
+    tokens: int | None  # per reference image; None = one per encoder token (full-face)
+    encoder: EncoderRequirement
+    has_lora: bool = False
+    params: Mapping[str, int] = field(default_factory=dict)  # projection hyper-parameters
+
+    @property
+    def name(self) -> str:
+        return VARIANTS[self.variant][0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_widths)
+
+    @property
+    def family(self) -> str:
+        """'SD1.5', 'SDXL', or a description of an unknown shape."""
+        known = KNOWN_CONTEXT.get(self.context_dim)
+        if known:
+            return known
+        topo = TOPOLOGY_BY_LAYERS.get(self.num_layers)
+        shape = f"{topo}-shaped" if topo else f"{self.num_layers}-layer"
+        return f"{shape} (context {self.context_dim})"
+
+    @property
+    def shortcut(self) -> bool:
+        """FaceID-Plus v2 adds the face tokens back after the perceiver."""
+        return self.variant == "faceid-plusv2"
+
+    def tokens_text(self) -> str:
+        if self.tokens is not None:
+            return f"{self.tokens} tokens"
+        return "one token per encoder patch"
+
+    def describe(self) -> str:
+        """E.g. 'IP-Adapter Plus · SD1.5 · 16 tokens · needs CLIP ViT-H/14'."""
+        return f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
+
+
+_LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_k_ip\.weight$")
+
+
+def _layers(shapes: Mapping[str, Shape], filename: str) -> tuple[int, tuple[int, ...]]:
+    """(context width, per-layer widths) from the ``to_k_ip``/``to_v_ip`` keys."""
+    indices = sorted(int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k)))
+    if not indices:
+        raise ModelFileError(f"{filename}: not an IP-Adapter model: it has no 'to_k_ip' weights.")
+    expected = list(range(1, 2 * len(indices), 2))
+    if indices != expected:
+        raise ModelFileError(
+            f"{filename}: the adapter's layer keys are not the odd numbers 1, 3, 5, … "
+            f"(found {indices[:6]}…). The file is damaged or from an unsupported converter."
+        )
+    widths: list[int] = []
+    contexts: set[int] = set()
+    for n in indices:
+        k = shapes[f"ip_adapter.{n}.to_k_ip.weight"]
+        v = shapes.get(f"ip_adapter.{n}.to_v_ip.weight")
+        if len(k) != 2 or v != k:
+            raise ModelFileError(
+                f"{filename}: layer {n} has to_k_ip {k} and to_v_ip {v}; they must be equal 2-D "
+                "matrices. The file is damaged."
+            )
+        widths.append(k[0])
+        contexts.add(k[1])
+    if len(contexts) != 1:
+        raise ModelFileError(f"{filename}: layers disagree on the context width ({sorted(contexts)}).")
+    return contexts.pop(), tuple(widths)
+
+
+def _count(shapes: Mapping[str, Shape], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in shapes if (m := rx.match(k))})
+
+
+def _resampler_params(shapes: Mapping[str, Shape], prefix: str) -> dict[str, int]:
+    inner = shapes[f"{prefix}layers.0.0.to_q.weight"][0]
+    heads = max(1, inner // 64)
+    return {
+        "in_dim": shapes[f"{prefix}proj_in.weight"][1],
+        "dim": shapes[f"{prefix}proj_in.weight"][0],
+        "out_dim": shapes[f"{prefix}proj_out.weight"][0],
+        "heads": heads,
+        "dim_head": inner // heads,
+        "depth": _count(shapes, rf"^{re.escape(prefix)}layers\.(\d+)\.0\.to_q\.weight$"),
+        "ff_inner": shapes[f"{prefix}layers.0.1.1.weight"][0],
+    }
+
+
+def _classify(shapes: Mapping[str, Shape], ctx: int, filename: str) -> tuple[ProjectionKind, dict[str, int], bool]:
+    """Rule order matters: full-face and FaceID also have proj.0/proj.2, plain norm is everywhere."""
+    has = shapes.__contains__
+    has_lora = any(".to_q_lora.down.weight" in k for k in shapes)
+    if has("image_proj.perceiver_resampler.proj_in.weight"):
+        params = _resampler_params(shapes, "image_proj.perceiver_resampler.")
+        params.update(_mlp_params(shapes, ctx))
+        return ProjectionKind.FACEID_PLUS, params, has_lora
+    if has("image_proj.proj.3.weight"):
+        return (
+            ProjectionKind.FULL,
+            {
+                "in_dim": shapes["image_proj.proj.0.weight"][1],
+                "hidden": shapes["image_proj.proj.0.weight"][0],
+                "out_dim": shapes["image_proj.proj.3.weight"][0],
+            },
+            has_lora,
+        )
+    if has("image_proj.latents"):
+        params = _resampler_params(shapes, "image_proj.")
+        params["tokens"] = shapes["image_proj.latents"][1]
+        return ProjectionKind.RESAMPLER, params, has_lora
+    if has("image_proj.proj.0.weight") and has("image_proj.proj.2.weight") and has("image_proj.norm.weight"):
+        kind = ProjectionKind.FACEID if has_lora else ProjectionKind.PORTRAIT
+        return kind, _mlp_params(shapes, ctx), has_lora
+    if has("image_proj.proj.weight") and has("image_proj.norm.weight"):
+        out, in_dim = shapes["image_proj.proj.weight"]
+        return ProjectionKind.IMAGE, {"in_dim": in_dim, "tokens": out // ctx}, has_lora
+    found = sorted(k for k in shapes if k.startswith("image_proj."))[:6]
+    raise ModelFileError(
+        f"{filename}: unknown image projection (keys {found}). This IP-Adapter variant is not supported."
+    )
+
+
+def _mlp_params(shapes: Mapping[str, Shape], ctx: int) -> dict[str, int]:
+    hidden, in_dim = shapes["image_proj.proj.0.weight"]
+    return {
+        "id_dim": in_dim,
+        "id_hidden": hidden,
+        "tokens": shapes["image_proj.proj.2.weight"][0] // ctx,
+    }
+
+
+def _requirement(kind: ProjectionKind, variant: str, params: Mapping[str, int]) -> EncoderRequirement:
+    if kind is ProjectionKind.IMAGE:
+        return EncoderRequirement(EncoderOutput.IMAGE_EMBEDS, params["in_dim"])
+    if kind in (ProjectionKind.FULL, ProjectionKind.RESAMPLER):
+        if variant in _FACE_RESAMPLER_VARIANTS or (
+            kind is ProjectionKind.RESAMPLER and params["in_dim"] == FACE_EMBED_WIDTH
+        ):
+            return EncoderRequirement(EncoderOutput.FACE, params["in_dim"])
+        return EncoderRequirement(EncoderOutput.PENULTIMATE, params["in_dim"])
+    if kind is ProjectionKind.FACEID_PLUS:
+        return EncoderRequirement(EncoderOutput.FACE_AND_PENULTIMATE, params["id_dim"], params["in_dim"])
+    return EncoderRequirement(EncoderOutput.FACE, params["id_dim"])
+
+
+def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
+    if override:
+        override = override.strip().lower()
+        if override not in VARIANTS:
+            raise ModelFileError(f"unknown variant override '{override}'; choose one of {sorted(VARIANTS)}.")
+        if VARIANTS[override][1] is not kind:
+            fits = sorted(v for v, (_, k) in VARIANTS.items() if k is kind)
+            raise ModelFileError(
+                f"{filename}: the tensors are a {kind.value} projection, so it cannot be "
+                f"'{override}'. Variants that fit this file: {fits}."
+            )
+        return override
+    stem = filename.lower()
+    for needle, variant in _NAME_HINTS.get(kind, ()):
+        if needle in stem:
+            return variant
+    return _DEFAULT_VARIANT[kind]
+
+
+def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", override: str | None = None) -> AdapterInfo:
+    """Classify an adapter from ``{key: shape}`` (flat keys, any supported prefix).
+
+    ``filename`` is used for messages and for the name-only variants; ``override`` is a variant
+    name from :data:`VARIANTS` that the user chose explicitly.
+    """
+    normalised = normalise_shapes(shapes)
+    if not any(k.startswith("image_proj.") for k in normalised):
+        raise ModelFileError(f"{filename}: not an IP-Adapter model; it looks like {guess_content(list(shapes))}.")
+    shapes = normalised
+    ctx, widths = _layers(shapes, filename)
+    kind, params, has_lora = _classify(shapes, ctx, filename)
+    if kind is ProjectionKind.RESAMPLER and params["out_dim"] != ctx:
+        raise ModelFileError(
+            f"{filename}: the resampler outputs {params['out_dim']}-wide tokens but the layers take "
+            f"{ctx}; this looks like a Kolors IP-Adapter, which is not supported."
+        )
+    variant = _variant(kind, filename, override)
+    tokens: int | None = params.get("tokens")
+    if kind is ProjectionKind.FULL:
+        # ViT-H/14 and ViT-bigG/14 at 224 px give 256 patches + CLS; other encoders vary.
+        tokens = 257 if params["in_dim"] in (1280, 1664) else None
+    return AdapterInfo(
+        variant=variant,
+        kind=kind,
+        context_dim=ctx,
+        layer_widths=widths,
+        tokens=tokens,
+        encoder=_requirement(kind, variant, params),
+        has_lora=has_lora,
+        params=params,
+    )

@@ -1,0 +1,208 @@
+"""Reading IP-Adapter checkpoints and CLIP vision files from disk.
+
+Two containers exist in the wild: the original ``.bin`` pickle holding a nested dict
+``{"image_proj": {...}, "ip_adapter": {...}}``, and ``.safetensors`` with the same tensors under
+flat ``image_proj.`` / ``ip_adapter.`` prefixes (some community files use ``adapter_modules.``
+instead of ``ip_adapter.``). Both are normalised to :class:`AdapterTensors`.
+
+Pickles are only ever read with ``torch.load(..., weights_only=True)``: a model file downloaded
+from the internet must not be able to run code.
+
+Shapes can be read without loading any tensor data (:func:`read_shapes`), which is what model
+listing and detection use, so scanning a folder of multi-GB files stays fast.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelFileError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+#: Prefixes under which the per-layer K/V projections are stored, first match wins.
+ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
+IMAGE_PROJ_PREFIX = "image_proj."
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AdapterTensors:
+    """An adapter checkpoint split into its two parts, with original key names."""
+
+    image_proj: dict[str, torch.Tensor]
+    ip_adapter: dict[str, torch.Tensor]
+
+    def shapes(self) -> dict[str, Shape]:
+        """Shapes under flat ``image_proj.``/``ip_adapter.`` keys, the input of detection."""
+        out = {IMAGE_PROJ_PREFIX + k: tuple(v.shape) for k, v in self.image_proj.items()}
+        out.update({"ip_adapter." + k: tuple(v.shape) for k, v in self.ip_adapter.items()})
+        return out
+
+
+def _read_safetensors_shapes(path: Path) -> dict[str, Shape]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def _read_pickle(path: Path) -> dict:
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise ModelFileError(
+            f"{path.name}: the file holds a {type(obj).__name__}, not a dictionary of tensors. "
+            "It is not an IP-Adapter or CLIP vision model."
+        )
+    return dict(obj)
+
+
+def _flatten(obj: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested dicts (the ``.bin`` layout) to flat dotted keys; non-tensors are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, torch.Tensor):
+            out[name] = value
+    return out
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The informative part of torch's weights-only error, without its advice to disable the check."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    for line in text.splitlines():
+        line = line.strip().split(". Please", 1)[0]
+        if line.startswith("Unsupported") or "global" in line.lower():
+            return line
+    return "unsupported content"
+
+
+def read_flat_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors in a model file under flat dotted keys, with errors a user can act on."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in SAFETENSORS_SUFFIXES:
+            return _read_safetensors(path)
+        if suffix in PICKLE_SUFFIXES:
+            return _flatten(_read_pickle(path))
+    except ModelFileError:
+        raise
+    except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(exc)
+        if "global" in reason.lower():
+            raise ModelFileError(
+                f"{path.name}: refused to load: the file holds Python objects, not just tensors ({reason}). "
+                "Only weights-only files are loaded; use the .safetensors version of this model."
+            ) from exc
+        raise ModelFileError(
+            f"{path.name}: cannot read the file ({reason}). It may be truncated or corrupt: download it again."
+        ) from exc
+    except Exception as exc:  # torch/zipfile/safetensors each raise their own types
+        raise ModelFileError(
+            f"{path.name}: cannot read the file ({type(exc).__name__}: {exc}). "
+            "It may be truncated or corrupt: download it again."
+        ) from exc
+    raise ModelFileError(f"{path.name}: unsupported file type '{suffix}'. Use .safetensors (preferred) or .bin.")
+
+
+def read_shapes(path: str | Path) -> dict[str, Shape]:
+    """Key → shape for every tensor, reading only the header where the format allows it."""
+    path = Path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES and path.is_file():
+        try:
+            return _read_safetensors_shapes(path)
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(
+                f"{path.name}: cannot read the safetensors header ({exc}). "
+                "The file may be truncated or corrupt: download it again."
+            ) from exc
+    return {k: tuple(v.shape) for k, v in read_flat_tensors(path).items()}
+
+
+def guess_content(keys: list[str] | tuple[str, ...] | set[str]) -> str:
+    """A phrase naming what a file that is not an IP-Adapter probably is, for error messages."""
+    keys = list(keys)
+    if not keys:
+        return "no tensors at all"
+    joined = " ".join(keys[:2000])
+    if "model.diffusion_model." in joined:
+        return "a Stable Diffusion checkpoint (it goes in models/Stable-diffusion)"
+    if "control_model." in joined or "input_hint_block" in joined:
+        return "a ControlNet model (it goes in models/ControlNet)"
+    if "lora_" in joined or ".lora." in joined or "lora_unet" in joined:
+        return "a LoRA (it goes in models/Lora)"
+    if "vision_model." in joined or "visual." in joined:
+        return "a CLIP vision encoder (it goes in models/clip_vision)"
+    if "encoder.down" in joined or "decoder.up" in joined:
+        return "a VAE (it goes in models/VAE)"
+    sample = ", ".join(sorted(keys)[:3])
+    return f"{len(keys)} tensors with unrelated names (e.g. {sample})"
+
+
+def split_adapter(flat: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Flat keys → (image_proj, ip_adapter) dicts with the prefixes removed."""
+    image_proj: dict[str, torch.Tensor] = {}
+    ip_adapter: dict[str, torch.Tensor] = {}
+    for key, value in flat.items():
+        if key.startswith(IMAGE_PROJ_PREFIX):
+            image_proj[key[len(IMAGE_PROJ_PREFIX) :]] = value
+            continue
+        for prefix in ADAPTER_PREFIXES:
+            if key.startswith(prefix):
+                ip_adapter[key[len(prefix) :]] = value
+                break
+    return image_proj, ip_adapter
+
+
+def normalise_shapes(shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+    """Rename ``adapter_modules.`` keys to ``ip_adapter.`` so detection sees one layout."""
+    image_proj, ip_adapter = split_adapter(shapes)  # type: ignore[arg-type]
+    out = {IMAGE_PROJ_PREFIX + k: v for k, v in image_proj.items()}
+    out.update({"ip_adapter." + k: v for k, v in ip_adapter.items()})
+    return out
+
+
+def load_adapter_tensors(path: str | Path) -> AdapterTensors:
+    """Read an adapter checkpoint in any supported container."""
+    path = Path(path)
+    flat = read_flat_tensors(path)
+    image_proj, ip_adapter = split_adapter(flat)
+    if not image_proj or not ip_adapter:
+        missing = "image_proj" if not image_proj else "ip_adapter"
+        raise ModelFileError(
+            f"{path.name}: not an IP-Adapter model: it has no '{missing}' tensors; "
+            f"it looks like {guess_content(list(flat))}."
+        )
+    return AdapterTensors(image_proj=image_proj, ip_adapter=ip_adapter)
+
+
+def save_adapter_tensors(tensors: AdapterTensors, path: str | Path) -> None:
+    """Write an adapter in the flat safetensors layout (or the nested ``.bin`` one)."""
+    path = Path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save_file
+
+        flat = {IMAGE_PROJ_PREFIX + k: v.contiguous() for k, v in tensors.image_proj.items()}
+        flat.update({"ip_adapter." + k: v.contiguous() for k, v in tensors.ip_adapter.items()})
+        save_file(flat, str(path))
+    else:
+        torch.save({"image_proj": dict(tensors.image_proj), "ip_adapter": dict(tensors.ip_adapter)}, str(path))

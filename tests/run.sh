@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"; CI runs exactly this through .ci/run).
+#
+# Builds the test environments from nothing if they are missing (idempotent when they exist),
+# then runs: ruff, the whole suite with transformers 4.30.2 (A1111's pin), and the encoder tests
+# again with the newest transformers. Arguments go to the main pytest run; with arguments the
+# compatibility pass is skipped.
+#
+# CPU torch 2.13.0 is installed first and held by requirements/constraints.txt, so no dependency
+# can replace it with a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+MAIN_VENV=${IPADAPTER_TEST_VENV:-.venv}
+LATEST_VENV=${IPADAPTER_TEST_VENV_LATEST:-.venv-tf-latest}
+
+setup_venv() {  # setup_venv DIR REQUIREMENTS
+  local dir=$1 req=$2 stamp
+  stamp="$dir/.ipadapter-$(cat "$req" requirements/constraints.txt | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ]; then return; fi
+  echo "== setting up $dir from $req"
+  [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" -c requirements/constraints.txt
+  "$dir/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.version.cuda else 'a CUDA or wrong torch was installed: ' + torch.__version__)"
+  rm -f "$dir"/.ipadapter-*
+  touch "$stamp"
+}
+
+run_pytest() {  # exit code 5 means no test was collected: a broken selection, never a pass
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "error: pytest collected no tests ($*)" >&2
+    return 1
+  fi
+  return "$rc"
+}
+
+setup_venv "$MAIN_VENV" requirements/test.txt
+echo "== ruff"
+"$MAIN_VENV/bin/python" -m ruff check .
+echo "== tests (transformers 4.30.2)"
+run_pytest "$MAIN_VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+
+if [ "$#" -eq 0 ]; then
+  setup_venv "$LATEST_VENV" requirements/test-latest-transformers.txt
+  echo "== encoder tests (newest transformers: $("$LATEST_VENV/bin/python" -c 'import transformers; print(transformers.__version__)'))"
+  run_pytest "$LATEST_VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_encoder.py tests/test_caches.py tests/test_boundaries.py
+fi
