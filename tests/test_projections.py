@@ -57,6 +57,11 @@ TINY = {
         "ip-adapter-faceid-plusv2_sd15.bin",
         ProjectionKind.FACEID_PLUS,
     ),
+    "portrait_unnorm": (
+        adapter_shapes("resampler", CTX, W15, ID, tokens=16, res_dim=48, inner=64),
+        "ip-adapter-faceid-portrait_sdxl_unnorm.bin",
+        ProjectionKind.RESAMPLER,
+    ),
     "sdxl_base": (
         adapter_shapes("base", CTX, tiny_widths(SDXL_WIDTHS), EMB),
         "ip-adapter_sdxl.safetensors",
@@ -94,7 +99,7 @@ def _diffusers_forward(name: str, module, enc: EncodedImages, scale: float) -> t
     return module(enc.image_embeds)
 
 
-@pytest.mark.parametrize("name", [n for n in TINY if n != "sdxl_base"])
+@pytest.mark.parametrize("name", [n for n in TINY if n not in ("sdxl_base", "portrait_unnorm")])
 @torch.no_grad()
 def test_projection_equals_diffusers(name):
     shapes, filename, _ = TINY[name]
@@ -141,3 +146,27 @@ def test_faceid_plus_v2_shortcut_changes_output_only_for_v2():
     assert not torch.allclose(v2.project(enc, 0.5), v2.project(enc, 2.0))
     face_tokens = v2.projection.face_tokens(enc.face)
     torch.testing.assert_close(v2.project(enc, 0.0), face_tokens)
+
+
+def test_uncond_inputs_follow_the_original_recipes():
+    class FakeEncoder:
+        def uncond_hidden(self):
+            return torch.full((1, 9, ENC), 0.5)
+
+    enc = _inputs(2)
+    un = IPAdapterModel.uncond_inputs(enc, FakeEncoder())
+    assert torch.equal(un.image_embeds, torch.zeros(2, EMB))
+    assert torch.equal(un.face, torch.zeros(2, ID))
+    assert torch.equal(un.hidden, torch.full((2, 9, ENC), 0.5))
+    only_embeds = IPAdapterModel.uncond_inputs(EncodedImages(image_embeds=enc.image_embeds), None)
+    assert only_embeds.hidden is None and only_embeds.face is None
+
+
+def test_portrait_unnorm_reads_the_face_embedding():
+    shapes, filename, _ = TINY["portrait_unnorm"]
+    model = IPAdapterModel.from_tensors(adapter_tensors(shapes), filename)
+    assert model.info.variant == "portrait-unnorm"
+    faces = torch.randn(2, ID)
+    out = model.project(EncodedImages(face=faces))
+    assert out.shape == (2, 16, CTX)
+    assert not torch.equal(out, model.project(EncodedImages(face=faces.flip(0))))
