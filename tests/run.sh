@@ -17,12 +17,15 @@ LATEST_VENV=${IPADAPTER_TEST_VENV_LATEST:-.venv-tf-latest}
 
 setup_venv() {  # setup_venv DIR REQUIREMENTS
   local dir=$1 req=$2 stamp
-  stamp="$dir/.ipadapter-$(cat "$req" requirements/constraints.txt | sha256sum | cut -c1-16)"
+  stamp="$dir/.ipadapter-$( (cat "$req" requirements/constraints.txt; cat "${req%.txt}.no-deps.txt" 2>/dev/null || true) | sha256sum | cut -c1-16)"
   if [ -f "$stamp" ]; then return; fi
   echo "== setting up $dir from $req"
   [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" -c requirements/constraints.txt
+  if [ -f "${req%.txt}.no-deps.txt" ]; then  # packages whose declared dependencies would replace our pins
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "${req%.txt}.no-deps.txt"
+  fi
   "$dir/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') and not torch.version.cuda else 'a CUDA or wrong torch was installed: ' + torch.__version__)"
   rm -f "$dir"/.ipadapter-*
   touch "$stamp"
