@@ -19,7 +19,8 @@ from .projections import EncodedImages, Projection, build_projection
 
 
 class IPAdapterModel:
-    """Immutable after loading; one instance can serve several units and generations."""
+    """Never changed by use, so one instance serves several units and generations; only
+    :meth:`to` moves its weights (in place), which the host does when the UNet's device or dtype changes."""
 
     def __init__(
         self,
@@ -62,8 +63,7 @@ class IPAdapterModel:
     def project(self, enc: EncodedImages, shortcut_scale: float = 1.0) -> torch.Tensor:
         """Encoder outputs for N images → [N, T, ctx] image tokens (fp32)."""
         device = next(self.projection.parameters()).device
-        as_fp32 = EncodedImages(**{k: None if v is None else v.to(device, torch.float32) for k, v in vars(enc).items()})
-        return self.projection(as_fp32, shortcut_scale=shortcut_scale)
+        return self.projection(enc.map(lambda t: t.to(device, torch.float32)), shortcut_scale=shortcut_scale)
 
     @staticmethod
     def uncond_inputs(enc: EncodedImages, encoder: ClipVisionEncoder | None) -> EncodedImages:

@@ -57,9 +57,7 @@ class EmbeddingCache:
         self.misses += 1
         value = compute()
         if self.max_items:
-            self._items[key] = EncodedImages(
-                **{k: None if v is None else v.detach().to("cpu") for k, v in vars(value).items()}
-            )
+            self._items[key] = value.map(lambda t: t.detach().to("cpu"))
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
         return value

@@ -8,8 +8,8 @@ branch on the kind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,14 @@ class EncodedImages:
                 "Pick the encoder the model description asks for (or 'auto')."
             )
         return value
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> EncodedImages:
+        """A copy with ``fn`` applied to every present field (device/dtype moves)."""
+        return EncodedImages(**{f.name: _apply(fn, getattr(self, f.name)) for f in fields(self)})
+
+
+def _apply(fn: Callable[[torch.Tensor], torch.Tensor], value: torch.Tensor | None) -> torch.Tensor | None:
+    return None if value is None else fn(value)
 
 
 class Projection(nn.Module):
