@@ -20,7 +20,7 @@ from .projections import EncodedImages, Projection, build_projection
 
 class IPAdapterModel:
     """Never changed by use, so one instance serves several units and generations; only
-    :meth:`to` moves its weights (in place), which the host does when the UNet's device or dtype changes."""
+    :meth:`to` moves its projection (in place)."""
 
     def __init__(
         self,
@@ -51,12 +51,11 @@ class IPAdapterModel:
         path = Path(path)
         return cls.from_tensors(load_adapter_tensors(path), path.name, override)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IPAdapterModel:
-        """Move the K/V weights (UNet dtype and device); the projection stays fp32 for accuracy."""
-        self.to_k = [w.to(device=device, dtype=dtype) for w in self.to_k]
-        self.to_v = [w.to(device=device, dtype=dtype) for w in self.to_v]
-        if device is not None:
-            self.projection.to(device)
+    def to(self, device: torch.device | str) -> IPAdapterModel:
+        """Move the projection (small, fp32 for accuracy) to ``device``. The K/V weights stay where
+        they were loaded (CPU): they are needed once per generation, layer by layer, in
+        :meth:`layer_kv`, so they never occupy accelerator memory between generations."""
+        self.projection.to(device)
         return self
 
     @torch.inference_mode()
@@ -89,10 +88,15 @@ class IPAdapterModel:
         return cond.reshape(1, -1, cond.shape[-1]), uncond.reshape(1, -1, uncond.shape[-1])
 
     @torch.inference_mode()
-    def layer_kv(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, ``(tokens · W_kᵀ, tokens · W_vᵀ)``, in the weights' dtype and device."""
+    def layer_kv(
+        self, tokens: torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, ``(tokens · W_kᵀ, tokens · W_vᵀ)`` on ``device`` in ``dtype`` (default: the
+        weights'). Each weight visits the device only for its own product."""
         out = []
         for wk, wv in zip(self.to_k, self.to_v, strict=True):
+            wk = wk.to(device=device or wk.device, dtype=dtype or wk.dtype)
+            wv = wv.to(device=device or wv.device, dtype=dtype or wv.dtype)
             t = tokens.to(device=wk.device, dtype=wk.dtype)
             out.append((F.linear(t, wk), F.linear(t, wv)))
         return out

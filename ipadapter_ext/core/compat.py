@@ -36,9 +36,14 @@ class UNetSignature:
 def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the adapter") -> None:
     """Raise :class:`IncompatibleModelError` naming the mismatch and the fix."""
     if info.context_dim != unet.context_dim:
+        if info.family in KNOWN_CONTEXT.values() and info.family != unet.family:
+            raise IncompatibleModelError(
+                f"{model_name} is an {info.family} IP-Adapter; the loaded checkpoint is {unet.family}. "
+                f"Choose an IP-Adapter model made for {unet.family}, or load an {info.family} checkpoint."
+            )
         raise IncompatibleModelError(
-            f"{model_name} is an {info.family} IP-Adapter; the loaded checkpoint is {unet.family}. "
-            f"Choose an IP-Adapter model made for {unet.family}, or load an {info.family} checkpoint."
+            f"{model_name} ({info.family}) expects a text context {info.context_dim} wide; the loaded "
+            f"{unet.family} checkpoint's is {unet.context_dim}. Choose an IP-Adapter model made for this checkpoint."
         )
     if info.num_layers != len(unet.attn2_widths):
         raise IncompatibleModelError(

@@ -31,7 +31,7 @@ class UnitKV:
         dtype: torch.dtype,
     ) -> None:
         tokens = torch.cat((uncond, cond), dim=0)  # [2, T, ctx]
-        self.kv = [(k.to(device, dtype), v.to(device, dtype)) for k, v in adapter.layer_kv(tokens)]
+        self.kv = adapter.layer_kv(tokens, device, dtype)
         self.num_tokens = tokens.shape[1]
         self._layouts: list[dict[tuple[bool, ...], tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in self.kv]
 

@@ -1,0 +1,139 @@
+"""From unit requests to a ready :class:`~.job.Job`: resolve, check, load, encode, project.
+
+The engine lives as long as the WebUI process and owns the explicit, bounded caches: detected
+model files (in the registry), loaded models, and image embeddings. Everything a generation
+needs is computed here once, before sampling; a mismatch or a missing input is an
+:class:`IPAdapterError` naming the unit, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapter import IPAdapterModel
+from .attention import WeightMode
+from .cache import EmbeddingCache
+from .compat import UNetSignature, check_encoder, check_unet
+from .encoder import ClipVisionEncoder
+from .errors import IPAdapterError
+from .job import Job, PreparedUnit
+from .kv import UnitKV
+from .references import encode_references
+from .registry import ModelRegistry
+
+log = logging.getLogger("ipadapter")
+
+AUTO = "auto"
+
+
+@dataclass
+class UnitRequest:
+    """What one enabled unit asks for, after the UI/API arguments were parsed."""
+
+    number: int
+    images: list = field(default_factory=list)
+    model: str = ""
+    encoder: str = AUTO
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    crop: str = "center"
+    mode: WeightMode = WeightMode.V_ONLY
+
+
+class LoadedModels:
+    """Loaded adapters and encoders keyed by (kind, path, size, mtime); least recently used first out."""
+
+    def __init__(self, max_items: int = 3) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, kind: str, path: Path, load: Callable[[], object]) -> object:
+        stat = path.stat()
+        key = (kind, str(path), stat.st_size, stat.st_mtime_ns)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = load()
+        self._items[key] = value
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class Placement:
+    """Where the UNet runs; encoders and K/V follow it."""
+
+    device: torch.device
+    dtype: torch.dtype
+    encoder_dtype: torch.dtype = torch.float32
+    offload_encoder: bool = False  # --medvram/--lowvram: the encoder leaves the device after use
+    upcast_attention: bool = False
+
+
+class Engine:
+    def __init__(self, registry: ModelRegistry, embedding_cache_size: int = 32, loaded_models: int = 3) -> None:
+        self.registry = registry
+        self.embeddings = EmbeddingCache(embedding_cache_size)
+        self.loaded = LoadedModels(loaded_models)
+
+    def _adapter(self, name: str) -> IPAdapterModel:
+        entry = self.registry.adapter(name)
+        if entry.info is None:
+            raise IPAdapterError(f"model '{name}' cannot be used: {entry.error}")
+        return self.loaded.get("adapter", entry.path, lambda: IPAdapterModel.from_file(entry.path))  # type: ignore[return-value]
+
+    def _encoder(self, req: UnitRequest, adapter: IPAdapterModel, place: Placement) -> tuple[str, ClipVisionEncoder]:
+        if not adapter.info.encoder.needs_clip or adapter.info.encoder.output.value.startswith("face"):
+            raise IPAdapterError(
+                f"'{req.model}' ({adapter.info.describe()}) needs a face embedding; FaceID models are not supported yet."
+            )
+        entry = self.registry.auto_encoder(req.model) if req.encoder == AUTO else self.registry.encoder(req.encoder)
+        if entry.spec is None:
+            raise IPAdapterError(f"encoder '{entry.name}' cannot be used: {entry.error}")
+        check_encoder(adapter.info, entry.spec, f"'{req.model}'", entry.name)
+        encoder = self.loaded.get(
+            "encoder", entry.path, lambda: ClipVisionEncoder.from_file(entry.path, "cpu", place.encoder_dtype)
+        )
+        return entry.name, encoder  # type: ignore[return-value]
+
+    def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
+        if not req.images:
+            raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
+        if not req.model:
+            raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
+        adapter = self._adapter(req.model)
+        check_unet(adapter.info, unet, f"'{req.model}'")
+        encoder_name, encoder = self._encoder(req, adapter, place)
+        encoder.to(place.device)
+        try:
+            encoded = encode_references(encoder, req.images, req.crop, self.embeddings)
+            cond, uncond = adapter.to(place.device).cond_uncond_tokens(
+                encoded.map(lambda t: t.to(place.device)), encoder
+            )
+        finally:
+            if place.offload_encoder:
+                encoder.to("cpu")
+        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype)
+        description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
+        return PreparedUnit(req.number, adapter, kv, req.weight, req.start, req.end, req.mode, description)
+
+    def prepare(self, requests: Sequence[UnitRequest], unet: UNetSignature, place: Placement) -> Job:
+        """All units or none: the first failing unit raises, naming its number."""
+        units = []
+        for req in requests:
+            try:
+                units.append(self.prepare_unit(req, unet, place))
+            except IPAdapterError as exc:
+                raise IPAdapterError(f"IP-Adapter unit {req.number}: {exc}") from exc
+        return Job(units, upcast=place.upcast_attention)

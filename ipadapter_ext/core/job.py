@@ -1,0 +1,132 @@
+"""One generation's IP-Adapter state: the prepared units, the hooks, and the row layout.
+
+Created when a generation starts, attached to a UNet for each sampling pass, and torn down in a
+``finally``. It never assumes an order of cond and uncond rows: the host reports the full layout
+of each denoiser call (``begin_step``: how many cond rows, how many rows in all), and a pre-hook
+on the UNet consumes that layout in order as the host splits it into UNet calls (one call with
+everything; chunks of the batch size; cond chunks then a separate uncond call; uncond skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .adapter import IPAdapterModel
+from .attention import SCALERS, ImageKV, WeightMode
+from .hooks import Attn2Hooks
+from .kv import UnitKV
+
+log = logging.getLogger("ipadapter")
+
+
+@dataclass
+class PreparedUnit:
+    """A unit ready for sampling: K/V computed, schedule and weight fixed."""
+
+    number: int  # 1-based, as shown in the UI
+    adapter: IPAdapterModel
+    kv: UnitKV
+    weight: float
+    start: float = 0.0
+    end: float = 1.0
+    mode: WeightMode = WeightMode.V_ONLY
+    description: str = ""
+
+    def active_at(self, progress: float) -> bool:
+        return self.weight != 0 and self.start <= progress <= self.end
+
+    def log_line(self) -> str:
+        return (
+            f"IP-Adapter: unit {self.number} · {self.description or self.adapter.info.describe()} · "
+            f"{self.adapter.info.num_layers} layers · {self.kv.num_tokens} tokens · weight {self.weight:g} · "
+            f"steps {self.start:.0%}–{self.end:.0%}"
+        )
+
+
+@dataclass
+class _Rows:
+    """The cond/uncond layout of the current denoiser call and how much of it the UNet consumed."""
+
+    layout: tuple[bool, ...] = ()
+    cursor: int = 0
+    current: tuple[bool, ...] | None = None
+    warned: bool = False
+
+
+@dataclass(eq=False)  # identity semantics: jobs are tracked in weak sets
+class Job:
+    units: list[PreparedUnit]
+    upcast: bool = False
+    progress: float = 0.0
+    _rows: _Rows = field(default_factory=_Rows)
+    _hooks: Attn2Hooks | None = None
+    _unet_handle: RemovableHandle | None = None
+    unet: nn.Module | None = None
+
+    # -- host events -------------------------------------------------------------------------
+    def begin_step(self, progress: float, cond_rows: int, total_rows: int) -> None:
+        """Called once per denoiser call, before the UNet runs: rows [0, cond_rows) are cond."""
+        self.progress = progress
+        self._rows = _Rows(layout=tuple(i < cond_rows for i in range(total_rows)), warned=self._rows.warned)
+
+    def attach(self, unet: nn.Module, attn2: Sequence[nn.Module]) -> None:
+        """Hook ``attn2`` (in adapter key order) and the UNet's forward for row tracking."""
+        self.detach()
+        try:
+            self._hooks = Attn2Hooks(attn2, self._terms, upcast=self.upcast).install()
+            self._unet_handle = unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+            self.unet = unet
+        except Exception:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Idempotent: removes every hook this job installed."""
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
+        if self._unet_handle is not None:
+            self._unet_handle.remove()
+            self._unet_handle = None
+        self.unet = None
+        self._rows = _Rows(warned=self._rows.warned)
+
+    @property
+    def attached(self) -> bool:
+        return self._hooks is not None
+
+    # -- per call ----------------------------------------------------------------------------
+    def _before_unet(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("x")
+        rows = self._rows
+        n = int(x.shape[0])
+        layout = rows.layout[rows.cursor : rows.cursor + n]
+        rows.cursor += n
+        if len(layout) == n:
+            rows.current = layout
+            return
+        rows.current = None
+        if not rows.warned:
+            rows.warned = True
+            log.warning(
+                "IP-Adapter: a UNet call with %d rows did not match the denoiser's layout %s; "
+                "the image prompt is skipped for such calls.",
+                n,
+                rows.layout,
+            )
+
+    def _terms(self, layer: int, _q: torch.Tensor, _context: torch.Tensor | None) -> list[ImageKV]:
+        layout = self._rows.current
+        if layout is None:
+            return []
+        return [
+            ImageKV(*unit.kv.rows(layer, layout), unit.weight, SCALERS[unit.mode])
+            for unit in self.units
+            if unit.active_at(self.progress)
+        ]

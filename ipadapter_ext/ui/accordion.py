@@ -1,0 +1,80 @@
+"""The "IP-Adapter" accordion: N units, each a tab with its reference images and settings.
+
+Built from :data:`ipadapter_ext.schema.DEFAULTS`, so the UI's defaults are the schema's. The
+script receives ``[enabled] + [unit fields] * N`` in the order of ``layout.UNIT_FIELDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..core.preprocess import CropMode
+from ..schema import DEFAULTS, WEIGHT_RANGE
+from .layout import NONE
+
+
+@dataclass
+class UiHooks:
+    """What the UI asks the host, injected so this module needs no WebUI internals."""
+
+    adapter_names: Callable[[], list[str]]
+    encoder_names: Callable[[], list[str]]
+    describe: Callable[[str, str], str]  # (model, encoder) → info line (description + compatibility)
+    refresh: Callable[[], None]
+
+
+def build(accordion_cls: type, elem_id: Callable[[str], str], units: int, hooks: UiHooks) -> list:
+    """Create the components inside the current gradio context; returns the script's inputs."""
+    inputs: list = []
+    with accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled:
+        inputs.append(enabled)
+        with gr.Tabs(elem_id=elem_id("units")):
+            for i in range(units):
+                with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
+                    inputs += _unit(i, elem_id, hooks)
+    return inputs
+
+
+def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks) -> list:
+    def eid(name: str) -> str:
+        return elem_id(f"unit_{i + 1}_{name}")
+
+    enabled = gr.Checkbox(label="Enable", value=i == 0, elem_id=eid("enabled"))
+    with gr.Row():
+        image = gr.Image(label="Reference image", type="pil", elem_id=eid("image"))
+        more = gr.File(
+            label="More reference images (optional)", file_count="multiple", file_types=["image"], elem_id=eid("more")
+        )
+    with gr.Row():
+        model = gr.Dropdown(label="Model", choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model"))
+        encoder = gr.Dropdown(
+            label="Image encoder", choices=[DEFAULTS.encoder, *hooks.encoder_names()], value=DEFAULTS.encoder,
+            elem_id=eid("encoder"),
+        )  # fmt: skip
+        refresh = gr.Button(value="\U0001f504", elem_id=eid("refresh"))
+    info = gr.Markdown("", elem_id=eid("info"))
+    weight = gr.Slider(label="Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
+                       value=DEFAULTS.weight, elem_id=eid("weight"))  # fmt: skip
+    with gr.Row():
+        start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
+        end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))
+    crop = gr.Dropdown(
+        label="Crop", choices=[m.value for m in CropMode], value=DEFAULTS.crop.value, elem_id=eid("crop")
+    )
+
+    def on_refresh(current_model: str, current_encoder: str):
+        hooks.refresh()
+        models, encoders = [NONE, *hooks.adapter_names()], [DEFAULTS.encoder, *hooks.encoder_names()]
+        return (
+            gr.update(choices=models, value=current_model if current_model in models else NONE),
+            gr.update(choices=encoders, value=current_encoder if current_encoder in encoders else DEFAULTS.encoder),
+            hooks.describe(current_model, current_encoder),
+        )
+
+    refresh.click(on_refresh, inputs=[model, encoder], outputs=[model, encoder, info])
+    for component in (model, encoder):
+        component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
+    return [enabled, image, more, model, encoder, weight, start, end, crop]

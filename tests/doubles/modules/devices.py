@@ -1,0 +1,5 @@
+"""Double of modules/devices.py: the default compute dtype."""
+
+import torch
+
+dtype = torch.float32

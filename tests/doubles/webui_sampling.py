@@ -1,0 +1,182 @@
+"""Doubles of the WebUI's sampling path, reduced to what decides the rows the UNet sees.
+
+* ``CFGDenoiser`` mirrors ``modules/sd_samplers_cfg_denoiser.py`` ``CFGDenoiser.forward`` of
+  A1111 1.10.1: the ``x_in`` layout (cond rows image by image with AND repeats, then the batch's
+  uncond rows), the ``on_cfg_denoiser`` callback before the UNet runs, uncond skipping after the
+  callback, and the three ways of splitting rows into UNet calls (``batch_cond_uncond`` on: one
+  call; off: chunks of the batch size; cond/uncond token lengths differ without padding: cond in
+  chunks of 2B (or B), then one uncond call). It records every UNet call for the tests.
+* ``Sampler`` mirrors the ``sample``/``sample_img2img`` entry points of the samplers
+  (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop.
+* ``Processing`` and ``run_job`` mirror the script-hook order of ``modules/processing.py``
+  (``process`` → per pass ``process_before_every_sampling`` → sampler → ``postprocess``), with the
+  ``ScriptRunner``'s habit of logging, not raising, exceptions from script hooks.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from modules import script_callbacks, shared
+
+
+@dataclass
+class UNetCall:
+    rows: list[int]  # global row indices into x_in
+    x: torch.Tensor
+    context: torch.Tensor
+    timesteps: torch.Tensor
+    out: torch.Tensor
+
+
+class CFGDenoiser:
+    def __init__(self, sampler, unet):
+        self.sampler = sampler
+        self.p = sampler.p
+        self.unet = unet
+        self.step = 0
+        self.total_steps = sampler.steps
+        self.calls: list[UNetCall] = []
+        self.layouts: list[int] = []  # cond rows per step
+
+    def _inner(self, x, sigma, context, rows):
+        t = (sigma * 100).long()
+        out = shared.sd_model.model.diffusion_model(x, t, context=context)
+        self.calls.append(UNetCall(rows, x.clone(), context.clone(), t.clone(), out.clone()))
+        return out
+
+    def forward(self, x, sigma, uncond, cond, repeats, cond_scale=5.0, skip_uncond=False):
+        batch = x.shape[0]
+        index = torch.repeat_interleave(torch.arange(batch), torch.tensor(repeats))
+        x_in = torch.cat([x[index], x])
+        sigma_in = torch.cat([sigma[index], sigma])
+        params = script_callbacks.CFGDenoiserParams(
+            x_in, None, sigma_in, self.step, self.total_steps, cond, uncond, self
+        )
+        script_callbacks.cfg_denoiser_callback(params)
+        x_in, sigma_in, cond, uncond = params.x, params.sigma, params.text_cond, params.text_uncond
+        n_cond = cond.shape[0]
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch], sigma_in[:-batch]
+        x_out = torch.zeros_like(x_in)
+        if cond.shape[1] == uncond.shape[1] or skip_uncond:
+            cond_in = cond if skip_uncond else torch.cat([cond, uncond])
+            step = x_in.shape[0] if shared.opts.batch_cond_uncond else batch
+            for a in range(0, x_in.shape[0], step):
+                b = a + step
+                x_out[a:b] = self._inner(x_in[a:b], sigma_in[a:b], cond_in[a:b], list(range(a, min(b, x_in.shape[0]))))
+        else:
+            step = batch * 2 if shared.opts.batch_cond_uncond else batch
+            for a in range(0, n_cond, step):
+                b = min(a + step, n_cond)
+                x_out[a:b] = self._inner(x_in[a:b], sigma_in[a:b], cond[a:b], list(range(a, b)))
+            if not skip_uncond:
+                x_out[-batch:] = self._inner(
+                    x_in[-batch:], sigma_in[-batch:], uncond, list(range(n_cond, n_cond + batch))
+                )
+        out_uncond = (
+            x_out[n_cond : n_cond + batch]
+            if not skip_uncond
+            else x_out[torch.cumsum(torch.tensor([0, *repeats[:-1]]), 0)]
+        )
+        denoised = out_uncond.clone()
+        starts = torch.cumsum(torch.tensor([0, *repeats]), 0)
+        for i in range(batch):
+            for j in range(starts[i], starts[i + 1]):
+                denoised[i] += (x_out[j] - out_uncond[i]) * (cond_scale / repeats[i])
+        self.step += 1
+        return denoised
+
+
+class Sampler:
+    def __init__(self, p, steps):
+        self.p = p
+        self.steps = steps
+        self.denoiser: CFGDenoiser | None = None
+
+    def _loop(self, x, cond, uncond, steps):
+        self.denoiser = CFGDenoiser(self, shared.sd_model.model.diffusion_model)
+        self.denoiser.total_steps = steps
+        sigmas = torch.linspace(1.0, 0.1, steps)
+        for i in range(steps):
+            sigma = sigmas[i].repeat(x.shape[0])
+            skip = i in self.p.skip_uncond_steps
+            denoised = self.denoiser.forward(x, sigma, uncond, cond, self.p.repeats, skip_uncond=skip)
+            x = x + 0.1 * (denoised - x)
+            if i in self.p.switch_model_at:  # a refiner switch, as sd_samplers_common.apply_refiner does
+                shared.sd_model = self.p.refiner
+        return x
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        return self._loop(x, conditioning, unconditional_conditioning, steps or self.steps)
+
+    def sample_img2img(
+        self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None
+    ):
+        return self._loop(x + noise * 0.5, conditioning, unconditional_conditioning, steps or self.steps)
+
+
+@dataclass
+class Processing:
+    """The attributes of StableDiffusionProcessing that the extension and these doubles read."""
+
+    sd_model: object
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    repeats: list[int]
+    latent: int = 8
+    steps: int = 3
+    img2img: bool = False
+    enable_hr: bool = False
+    hr_latent: int = 16
+    skip_uncond_steps: set = field(default_factory=set)
+    switch_model_at: set = field(default_factory=set)
+    refiner: object = None
+    is_hr_pass: bool = False
+    sampler: Sampler | None = None
+    samplers: list = field(default_factory=list)
+    extra_generation_params: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def run_job(script, args, p: Processing, errors: list[str] | None = None):
+    """process → [before_every_sampling → sample] per pass → postprocess, like process_images."""
+    errors = [] if errors is None else errors
+
+    def hook(name, *extra):
+        try:
+            getattr(script, name)(p, *extra, *args)
+        except Exception:  # ScriptRunner reports and carries on
+            errors.append(traceback.format_exc())
+
+    shared.sd_model = p.sd_model
+    hook("process")
+    g = torch.Generator().manual_seed(p.seed)
+    batch = len(p.repeats)
+    x = torch.randn(batch, 4, p.latent, p.latent, generator=g)
+    p.sampler = Sampler(p, p.steps)
+    p.samplers.append(p.sampler)
+    try:
+        script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
+    except Exception:
+        errors.append(traceback.format_exc())
+    if p.img2img:
+        samples = p.sampler.sample_img2img(p, x, torch.randn_like(x), p.cond, p.uncond)
+    else:
+        samples = p.sampler.sample(p, x, p.cond, p.uncond)
+    if p.enable_hr:
+        p.is_hr_pass = True
+        x = torch.nn.functional.interpolate(samples, size=(p.hr_latent, p.hr_latent))
+        p.sampler = Sampler(p, p.steps)
+        p.samplers.append(p.sampler)
+        try:
+            script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
+        except Exception:
+            errors.append(traceback.format_exc())
+        samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), p.cond, p.uncond)
+        p.is_hr_pass = False
+    hook("postprocess", SimpleNamespace(images=[samples]))
+    return samples
