@@ -331,3 +331,69 @@ def test_ui_builds_under_gradio_3_with_schema_defaults(webui):
     assert u1[4].value == DEFAULTS.encoder and u1[5].value == DEFAULTS.weight
     assert (u1[6].value, u1[7].value, u1[8].value) == (DEFAULTS.start, DEFAULTS.end, DEFAULTS.crop.value)
     assert enabled.elem_id == "script_txt2img_ipadapter_enabled"
+
+
+@torch.no_grad()
+def test_checkpoint_change_between_generations(webui):
+    run_job(webui.script, unit_args(PLUS), job(webui.model))
+    other = sd_model(tiny_unet(seed=8))
+    script_callbacks.model_loaded_callback(other)  # the WebUI loads another checkpoint
+    p = job(other)
+    run_job(webui.script, unit_args(PLUS), p)
+    assert no_hooks_left(webui.unet) and no_hooks_left(other.model.diffusion_model)
+    _reference_check(webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)], other.model.diffusion_model)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("lowmem", [False, True])
+def test_encoder_offload_under_medvram(webui, monkeypatch, lowmem):
+    from ipadapter_ext.core.encoder import ClipVisionEncoder
+
+    moves: list[str] = []
+    original = ClipVisionEncoder.to
+
+    def record(self, device):
+        moves.append(str(device))
+        return original(self, device)
+
+    monkeypatch.setattr(ClipVisionEncoder, "to", record)
+    shared.cmd_opts.medvram = lowmem
+    run_job(webui.script, unit_args(PLUS), job(webui.model))
+    # one move onto the UNet's device (the CPU here) to encode, and with --medvram one back off it
+    assert moves == (["cpu", "cpu"] if lowmem else ["cpu"])
+
+
+@torch.no_grad()
+def test_kv_take_the_unet_dtype(webui):
+    _, _, signature = a1111.unet_layout(webui.model)
+    place = a1111.Placement(device=torch.device("cpu"), dtype=torch.bfloat16)
+    prepared = a1111.engine().prepare([UnitRequest(1, [PLUS["image"]], "tiny-plus")], signature, place)
+    k, v = prepared.units[0].kv.kv[0]
+    assert k.dtype == v.dtype == torch.bfloat16 and k.device.type == "cpu"
+
+
+def test_settings_section_registers_once_with_defaults(webui):
+    for _name, callback in script_callbacks.callbacks["ui_settings"]:
+        callback()
+    labels = shared.opts.data_labels
+    assert {"ipadapter_units", "ipadapter_extra_folders", "ipadapter_cache_size", "ipadapter_offload_encoder",
+            "ipadapter_hires"} <= set(labels)  # fmt: skip
+    assert all(
+        info.section == ("ipadapter", "IP-Adapter") for key, info in labels.items() if key.startswith("ipadapter")
+    )
+    assert shared.opts.ipadapter_units == 3 and shared.opts.ipadapter_hires is True
+    assert len(script_callbacks.callbacks["cfg_denoiser"]) == 1  # registered once, at import
+
+
+@torch.no_grad()
+def test_hires_pass_can_be_excluded(webui, capsys):
+    shared.opts.ipadapter_hires = False
+    p = job(webui.model, enable_hr=True)
+    run_job(webui.script, unit_args(PLUS), p)
+    base = job(webui.model, enable_hr=True)
+    run_job(webui.script, unit_args(enabled=False), base)
+    hr, hr_base = p.samplers[1].denoiser.calls, base.samplers[1].denoiser.calls
+    assert not torch.equal(hr[0].x, hr_base[0].x)  # the first pass had the image prompt
+    for call in hr:  # the hires pass runs without it: equal to the UNet alone on the same inputs
+        torch.testing.assert_close(call.out, webui.unet(call.x, call.timesteps, context=call.context))
+    assert "not applied on the hires pass" in capsys.readouterr().out

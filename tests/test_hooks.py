@@ -176,3 +176,24 @@ def test_provider_sees_layer_index_and_context(attn, image_kv):
         assert hooks.installed
     assert seen == [(1, (2, 20, WIDTH), True), (0, (2, 20, WIDTH), True)]
     assert not hooks.installed
+
+
+class SgmStyleCrossAttention(CrossAttention):
+    """sgm's CrossAttention signature (SDXL): extra keyword arguments the block passes through."""
+
+    def forward(self, x, context=None, mask=None, additional_tokens=None, n_times_crossframe_attn_in_self=0):
+        self.seen_kwargs = (additional_tokens, n_times_crossframe_attn_in_self)
+        return super().forward(x, context=context, mask=mask)
+
+
+@torch.no_grad()
+def test_sgm_keyword_arguments_pass_through(image_kv):
+    torch.manual_seed(0)
+    attn = SgmStyleCrossAttention(query_dim=WIDTH, context_dim=CTX, heads=HEADS, dim_head=WIDTH // HEADS).eval()
+    x, ctx = _inputs()
+    extra = torch.zeros(2, 1, WIDTH)
+    plain = attn(x, context=ctx, additional_tokens=extra, n_times_crossframe_attn_in_self=0)
+    with Attn2Hooks([attn], _provider(*image_kv, 0.9)):
+        hooked = attn(x, context=ctx, additional_tokens=extra, n_times_crossframe_attn_in_self=0)
+    assert attn.seen_kwargs[0] is extra
+    assert not torch.allclose(hooked, plain)
