@@ -7,9 +7,13 @@ model, and the API and infotext (later) read and write the same model. Works wit
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 from typing import Any
 
 import pydantic
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from .core.attention import WeightMode
@@ -19,6 +23,31 @@ from .core.preprocess import CropMode
 
 PYDANTIC_V2 = pydantic.VERSION.startswith("2")
 WEIGHT_RANGE = (-1.0, 3.0)
+#: Reference images larger than this are refused before decoding (a 8192×8192 image is 67 M).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def decode_image(value: str, where: str) -> Image.Image:
+    """A base64 PNG/JPEG/WebP (``data:`` prefix allowed) → RGB image, with errors that say why."""
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise IPAdapterError(f"{where}: the image is not valid base64 ({exc}).") from exc
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except Exception as exc:
+        raise IPAdapterError(f"{where}: the image data is not a PNG, JPEG or WebP image.") from exc
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise IPAdapterError(
+            f"{where}: the image is {width}×{height}; at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are "
+            "accepted. Downscale it first (the encoder sees 224×224 anyway)."
+        )
+    try:
+        return image.convert("RGB")
+    except Exception as exc:
+        raise IPAdapterError(f"{where}: the image could not be decoded ({exc}); it may be truncated.") from exc
 
 
 class IPAdapterUnit(BaseModel):
@@ -41,18 +70,20 @@ class IPAdapterUnit(BaseModel):
             extra = "forbid"
             arbitrary_types_allowed = True
 
-    def images(self) -> list:
+    def images(self, number: int = 1) -> list:
+        """The references as images; base64 strings (the API's form) are decoded here."""
         if self.image is None:
             return []
         items = self.image if isinstance(self.image, list | tuple) else [self.image]
-        return [im for im in items if im is not None]
+        where = f"IP-Adapter unit {number}, image"
+        return [decode_image(im, where) if isinstance(im, str) else im for im in items if im is not None]
 
     def to_request(self, number: int) -> UnitRequest:
         if self.start > self.end:
             raise IPAdapterError(f"IP-Adapter unit {number}: start ({self.start}) is after end ({self.end}).")
         return UnitRequest(
             number=number,
-            images=self.images(),
+            images=self.images(number),
             model=self.model,
             encoder=self.encoder or AUTO,
             weight=self.weight,

@@ -31,7 +31,12 @@ def _validate(data: dict, number: int) -> IPAdapterUnit:
     try:
         return IPAdapterUnit.model_validate(data) if PYDANTIC_V2 else IPAdapterUnit.parse_obj(data)
     except Exception as exc:  # pydantic's ValidationError differs between 1.x and 2.x
-        raise IPAdapterError(f"IP-Adapter unit {number}: {exc}") from exc
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors())
+        else:
+            detail = str(exc)
+        raise IPAdapterError(f"IP-Adapter unit {number}: {detail}") from exc
 
 
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:

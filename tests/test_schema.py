@@ -1,0 +1,117 @@
+"""Unit defaults and argument parsing shared by the UI and the script."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ipadapter_ext.core.errors import IPAdapterError
+from ipadapter_ext.schema import DEFAULTS, IPAdapterUnit, decode_image
+from ipadapter_ext.ui.args import parse_script_args
+from ipadapter_ext.ui.layout import UNIT_FIELDS
+
+
+def _b64(image: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _image(seed=0, size=(20, 12)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def test_defaults():
+    assert (DEFAULTS.enabled, DEFAULTS.encoder, DEFAULTS.weight, DEFAULTS.start, DEFAULTS.end) == (
+        True,
+        "auto",
+        1.0,
+        0.0,
+        1.0,
+    )
+    assert DEFAULTS.crop.value == "center"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_base64_images_decode_with_or_without_data_prefix(fmt):
+    image = _image()
+    for text in (_b64(image, fmt), f"data:image/{fmt.lower()};base64," + _b64(image, fmt)):
+        decoded = decode_image(text, "x")
+        assert decoded.size == image.size and decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decode_image(_b64(image), "x")), np.asarray(image))  # PNG is lossless
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("not base64!!", "not valid base64"),
+        (base64.b64encode(b"hello world").decode(), "not a PNG, JPEG or WebP"),
+        (_b64(_image())[:40], "not valid base64|not a PNG|could not be decoded"),
+    ],
+)
+def test_bad_images_name_the_problem(text, message):
+    with pytest.raises(IPAdapterError, match=f"unit 2, image: .*({message})"):
+        IPAdapterUnit(image=text, model="m").to_request(2)
+
+
+def test_huge_image_is_refused_before_decoding(monkeypatch):
+    import ipadapter_ext.schema as schema
+
+    monkeypatch.setattr(schema, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(IPAdapterError, match="is 12×20; at most .*Downscale"):
+        decode_image(_b64(_image()), "unit 1")
+
+
+def _ui_args(*units):
+    args = [True]
+    for u in units:
+        row = {"enabled": True, "image": None, "more_images": None, "model": "None", "encoder": "auto", "weight": 1.0,
+               "start": 0.0, "end": 1.0, "crop": "center", **u}  # fmt: skip
+        args += [row[f] for f in UNIT_FIELDS]
+    return args
+
+
+def test_parse_ui_args(tmp_path):
+    extra = tmp_path / "more.png"
+    _image(3).save(extra)
+
+    class Upload:  # gradio 3 hands uploads over as temp-file objects
+        name = str(extra)
+
+    units = parse_script_args(
+        _ui_args(
+            {"image": _image(1), "more_images": [Upload()], "model": "a", "weight": 0.5},
+            {"enabled": False},
+            {"image": _b64(_image(2)), "model": "b", "crop": "pad"},
+        )
+    )
+    assert [n for n, _ in units] == [1, 3]
+    first, third = units[0][1].to_request(1), units[1][1].to_request(3)
+    assert len(first.images) == 2 and first.weight == 0.5 and first.model == "a"
+    assert np.array_equal(np.asarray(first.images[1]), np.asarray(_image(3)))
+    assert third.crop == "pad" and third.images[0].size == (12, 20)
+    assert parse_script_args(_ui_args({"image": _image(1)})[:1] + [False] * 9) == []
+    assert parse_script_args([False, *_ui_args({"image": _image(1)})[1:]]) == []
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"weight": 7.0}, "weight"),
+        ({"start": -0.1}, "start"),
+        ({"crop": "diagonal"}, "crop"),
+        ({"model": None}, "model"),
+    ],
+)
+def test_out_of_range_values_name_the_field(change, message):
+    with pytest.raises(IPAdapterError, match=f"IP-Adapter unit 1: .*{message}"):
+        parse_script_args(_ui_args({"image": _image(1), "model": "a", **change}))
+
+
+def test_model_none_means_no_model():
+    ((_, unit),) = parse_script_args(_ui_args({"image": _image(1)}))
+    assert unit.model == ""
