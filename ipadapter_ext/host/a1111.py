@@ -305,8 +305,8 @@ def ui_hooks() -> Any:
 
 
 def build_ui(script: Any, _is_img2img: bool) -> list:
-    from modules.ui_components import InputAccordion
+    from modules.ui_components import InputAccordion, ToolButton
 
     from ..ui.accordion import build
 
-    return build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks())
+    return build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)

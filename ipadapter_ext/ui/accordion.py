@@ -26,19 +26,24 @@ class UiHooks:
     refresh: Callable[[], None]
 
 
-def build(accordion_cls: type, elem_id: Callable[[str], str], units: int, hooks: UiHooks) -> list:
-    """Create the components inside the current gradio context; returns the script's inputs."""
+def build(
+    accordion_cls: type, elem_id: Callable[[str], str], units: int, hooks: UiHooks, tool_button_cls: type = gr.Button
+) -> list:
+    """Create the components inside the current gradio context; returns the script's inputs.
+
+    ``accordion_cls`` and ``tool_button_cls`` are the WebUI's ``InputAccordion`` and
+    ``ToolButton`` (the small icon button next to dropdowns), passed in by the host."""
     inputs: list = []
     with accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled:
         inputs.append(enabled)
         with gr.Tabs(elem_id=elem_id("units")):
             for i in range(units):
                 with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
-                    inputs += _unit(i, elem_id, hooks)
+                    inputs += _unit(i, elem_id, hooks, tool_button_cls)
     return inputs
 
 
-def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks) -> list:
+def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> list:
     def eid(name: str) -> str:
         return elem_id(f"unit_{i + 1}_{name}")
 
@@ -54,7 +59,7 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks) -> list:
             label="Image encoder", choices=[DEFAULTS.encoder, *hooks.encoder_names()], value=DEFAULTS.encoder,
             elem_id=eid("encoder"),
         )  # fmt: skip
-        refresh = gr.Button(value="\U0001f504", elem_id=eid("refresh"))
+        refresh = tool_button_cls(value="\U0001f504", elem_id=eid("refresh"))
     info = gr.Markdown("", elem_id=eid("info"))
     weight = gr.Slider(label="Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                        value=DEFAULTS.weight, elem_id=eid("weight"))  # fmt: skip

@@ -16,3 +16,10 @@ class InputAccordion(gr.Checkbox):
 
     def __exit__(self, exc_type, exc_value, tb):
         self._accordion.__exit__(exc_type, exc_value, tb)
+
+
+class ToolButton(gr.Button):
+    """Double of ``ToolButton``: a small icon button (the WebUI adds the ``tool`` CSS class)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, elem_classes=["tool"], **kwargs)
