@@ -49,6 +49,6 @@ run_pytest "$MAIN_VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 
 if [ "$#" -eq 0 ]; then
   setup_venv "$LATEST_VENV" requirements/test-latest-transformers.txt
-  echo "== encoder tests (newest transformers: $("$LATEST_VENV/bin/python" -c 'import transformers; print(transformers.__version__)'))"
-  run_pytest "$LATEST_VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_encoder.py tests/test_caches.py tests/test_boundaries.py
+  echo "== encoder and schema tests (newest transformers, pydantic 2: $("$LATEST_VENV/bin/python" -c 'import transformers; print(transformers.__version__)'))"
+  run_pytest "$LATEST_VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_encoder.py tests/test_caches.py tests/test_boundaries.py tests/test_schema.py
 fi

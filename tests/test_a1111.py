@@ -397,3 +397,28 @@ def test_hires_pass_can_be_excluded(webui, capsys):
     for call in hr:  # the hires pass runs without it: equal to the UNet alone on the same inputs
         torch.testing.assert_close(call.out, webui.unet(call.x, call.timesteps, context=call.context))
     assert "not applied on the hires pass" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_api_units_equal_ui_units_and_errors_are_http_422(webui):
+    import base64
+    import io
+
+    from fastapi import HTTPException
+
+    buf = io.BytesIO()
+    PLUS["image"].save(buf, format="PNG")
+    api_unit = {"image": base64.b64encode(buf.getvalue()).decode(), "model": "tiny-plus", "weight": 0.8}
+    ui = run_job(webui.script, unit_args(PLUS), job(webui.model))
+    api = run_job(webui.script, [api_unit, *unit_args()[2:]], job(webui.model, is_api=True))
+    assert torch.equal(ui, api)
+    with pytest.raises(HTTPException) as caught:
+        run_job(webui.script, [{**api_unit, "model": "tiny-xl"}], job(webui.model, is_api=True))
+    assert caught.value.status_code == 422
+    assert "expects a text context 64 wide" in caught.value.detail
+    assert "Models that fit it: tiny-base, tiny-plus." in caught.value.detail
+    with pytest.raises(HTTPException) as caught:
+        run_job(webui.script, [{**api_unit, "model": "../tiny-plus"}], job(webui.model, is_api=True))
+    assert "unknown IP-Adapter model '../tiny-plus'; available: tiny-base, tiny-plus, tiny-xl" in caught.value.detail
+    assert no_hooks_left(webui.unet)
+    assert torch.equal(run_job(webui.script, [api_unit], job(webui.model, is_api=True)), api)  # the next request works

@@ -115,3 +115,50 @@ def test_out_of_range_values_name_the_field(change, message):
 def test_model_none_means_no_model():
     ((_, unit),) = parse_script_args(_ui_args({"image": _image(1)}))
     assert unit.model == ""
+
+
+def test_api_objects_in_args_positions_or_a_list_in_the_first():
+    from ipadapter_ext.api.payload import api_units
+
+    one, two = {"image": _b64(_image(1)), "model": "a"}, {"model": "b", "image": _b64(_image(2)), "weight": 0.3}
+    ui_defaults_after = [False, None, None, "None", "auto", 1.0, 0.0, 1.0, "center"]
+    for args in ([one, two, *ui_defaults_after], [[one, two]], [one]):
+        units = api_units(args)
+        assert [n for n, _ in units] == [1, 2][: len(units)]
+        assert units[0][1].model == "a" and units[0][1].weight == 1.0 and units[0][1].encoder == "auto"
+    assert api_units([True, True, None, None, "a", "auto", 1.0, 0.0, 1.0, "center"]) is None  # UI layout
+    assert [n for n, _ in api_units([{"enabled": False, "model": "a"}, two])] == [2]
+
+
+@pytest.mark.parametrize(
+    "unit,message",
+    [
+        ({"model": "a", "colour": "red"}, "colour: extra fields not permitted|colour: Extra inputs are not permitted"),
+        (
+            {"model": "a", "weight": "heavy"},
+            "weight: value is not a valid float|weight: Input should be a valid number",
+        ),
+        (
+            {"model": "a", "weight": 9},
+            "weight: ensure this value is less than or equal to 3.0|weight: Input should be less than or equal to 3",
+        ),
+        ({"model": "a", "end": 1.5}, "end: "),
+        ({"model": "a", "crop": "middle"}, "crop: "),
+        ({"model": "a", "enabled": "perhaps"}, "enabled: "),
+        ({"model": ["a"]}, "model: "),
+        ({"model": "a", "image": "%%%"}, "image: the image is not valid base64"),
+        ({"model": "a", "image": ["", 3]}, "image"),
+    ],
+)
+def test_malformed_api_units_name_the_field(unit, message):
+    from ipadapter_ext.api.payload import api_units
+
+    with pytest.raises(IPAdapterError, match=f"IP-Adapter unit 1(: |, )({message})"):
+        [u.to_request(n) for n, u in api_units([unit])]
+
+
+def test_a_unit_that_is_not_an_object():
+    from ipadapter_ext.api.payload import validate_unit
+
+    with pytest.raises(IPAdapterError, match="unit 3: expected a JSON object, got list"):
+        validate_unit([1, 2], 3)

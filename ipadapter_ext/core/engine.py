@@ -21,7 +21,7 @@ from .attention import WeightMode
 from .cache import EmbeddingCache
 from .compat import UNetSignature, check_encoder, check_unet
 from .encoder import ClipVisionEncoder
-from .errors import IPAdapterError
+from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .kv import UnitKV
 from .references import encode_references
@@ -107,13 +107,29 @@ class Engine:
         )
         return entry.name, encoder  # type: ignore[return-value]
 
+    def _fitting_models(self, unet: UNetSignature) -> str:
+        fits = []
+        for entry in self.registry.adapters():
+            try:
+                if entry.info is not None:
+                    check_unet(entry.info, unet)
+                    fits.append(entry.name)
+            except IncompatibleModelError:
+                continue
+        if not fits:
+            return "None of the models in the model folders fits it."
+        return f"Models that fit it: {', '.join(fits)}."
+
     def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
         if not req.images:
             raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
         if not req.model:
             raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
         adapter = self._adapter(req.model)
-        check_unet(adapter.info, unet, f"'{req.model}'")
+        try:
+            check_unet(adapter.info, unet, f"'{req.model}'")
+        except IncompatibleModelError as exc:
+            raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..api.errors import http_error
 from ..core.compat import UNetSignature, check_unet
 from ..core.engine import Engine, Placement, UnitRequest
 from ..core.errors import IPAdapterError
@@ -220,8 +221,10 @@ def before_sampling(p: Any) -> None:
 
 
 def _wrap_sampler(p: Any, state: GenerationState) -> None:
-    """Wrap this job's sampler instance (not its class) so hooks come off in a ``finally``."""
+    """Wrap this job's sampler instance (not its class) so hooks come off in a ``finally``.
+    An API request gets its error as HTTP 422 with the message as ``detail``."""
     sampler = p.sampler
+    is_api = bool(getattr(p, "is_api", False))
     for name in ("sample", "sample_img2img"):
         if name in vars(sampler) or not hasattr(sampler, name):
             continue
@@ -229,7 +232,7 @@ def _wrap_sampler(p: Any, state: GenerationState) -> None:
 
         def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
             if state.error is not None:
-                raise state.error
+                raise http_error(state.error) if is_api else state.error
             try:
                 return _original(*args, **kwargs)
             finally:

@@ -11,8 +11,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..core.errors import IPAdapterError
-from ..schema import PYDANTIC_V2, IPAdapterUnit
+from ..api.payload import api_units, validate_unit
+from ..schema import IPAdapterUnit
 from .layout import NONE, UNIT_FIELDS
 
 
@@ -27,20 +27,12 @@ def _open(item: Any) -> Any:
     return item
 
 
-def _validate(data: dict, number: int) -> IPAdapterUnit:
-    try:
-        return IPAdapterUnit.model_validate(data) if PYDANTIC_V2 else IPAdapterUnit.parse_obj(data)
-    except Exception as exc:  # pydantic's ValidationError differs between 1.x and 2.x
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors())
-        else:
-            detail = str(exc)
-        raise IPAdapterError(f"IP-Adapter unit {number}: {detail}") from exc
-
-
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
-    """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N]``."""
+    """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N]``
+    from the UI, or JSON unit objects from the API."""
+    from_api = api_units(args)
+    if from_api is not None:
+        return from_api
     if not args or not args[0]:
         return []
     rest = list(args[1:])
@@ -55,5 +47,5 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
         values["image"] = [im for im in images if im is not None]
         if values["model"] == NONE:
             values["model"] = ""
-        units.append((number, _validate(values, number)))
+        units.append((number, validate_unit(values, number)))
     return units

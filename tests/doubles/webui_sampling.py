@@ -140,6 +140,7 @@ class Processing:
     samplers: list = field(default_factory=list)
     extra_generation_params: dict = field(default_factory=dict)
     seed: int = 0
+    is_api: bool = False  # set by modules/api/api.py for API requests
 
 
 def run_job(script, args, p: Processing, errors: list[str] | None = None):
