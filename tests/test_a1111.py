@@ -422,3 +422,42 @@ def test_api_units_equal_ui_units_and_errors_are_http_422(webui):
     assert "unknown IP-Adapter model '../tiny-plus'; available: tiny-base, tiny-plus, tiny-xl" in caught.value.detail
     assert no_hooks_left(webui.unet)
     assert torch.equal(run_job(webui.script, [api_unit], job(webui.model, is_api=True)), api)  # the next request works
+
+
+@torch.no_grad()
+def test_infotext_round_trip_restores_every_field_but_the_image(webui):
+    import gradio as gr
+    from modules import infotext_utils
+
+    with gr.Blocks():
+        webui.script.ui(False)
+    base = {"image": image(3), "model": "tiny-base", "weight": -0.25, "start": 0.1, "end": 0.9, "crop": "pad"}
+    p = job(webui.model)
+    run_job(webui.script, unit_args({**PLUS, "more": None}, base), p)
+    text = infotext_utils.create_infotext({"Steps": 3, **p.extra_generation_params})
+    assert 'IP-Adapter 1: "model: tiny-plus [' in text and "IP-Adapter 2: " in text
+    params = infotext_utils.parse_generation_parameters(text)
+    pasted = {}
+    for component, key in webui.script.infotext_fields:
+        value = key(params) if callable(key) else params.get(key)
+        if value is not None:
+            pasted[component.elem_id.removeprefix("script_txt2img_ipadapter_")] = value
+    assert pasted["enabled"] is True
+    assert pasted["unit_1_enabled"] is True and pasted["unit_2_enabled"] is True and pasted["unit_3_enabled"] is False
+    for n, unit in ((1, PLUS), (2, base)):
+        assert pasted[f"unit_{n}_model"] == unit["model"]
+        assert pasted[f"unit_{n}_weight"] == unit["weight"]
+        assert pasted[f"unit_{n}_start"] == unit.get("start", 0.0) and pasted[f"unit_{n}_end"] == unit.get("end", 1.0)
+        assert pasted[f"unit_{n}_crop"] == unit.get("crop", "center") and pasted[f"unit_{n}_encoder"] == "auto"
+        assert "drop the reference image again" in pasted[f"unit_{n}_info"]
+    assert "unit_1_image" not in pasted
+    digest = (
+        __import__("hashlib").sha256((Path(a1111.engine().registry.adapter("tiny-plus").path)).read_bytes()).hexdigest()
+    )
+    assert f"tiny-plus [{digest[:10]}]" in params["IP-Adapter 1"]
+    # an infotext without IP-Adapter turns the accordion off when pasted
+    other = infotext_utils.parse_generation_parameters("Steps: 3, Seed: 1")
+    (enabled_key,) = [
+        k for c, k in webui.script.infotext_fields if c.elem_id.endswith("_enabled") and "unit" not in c.elem_id
+    ]
+    assert enabled_key(other) is False

@@ -162,3 +162,15 @@ def test_a_unit_that_is_not_an_object():
 
     with pytest.raises(IPAdapterError, match="unit 3: expected a JSON object, got list"):
         validate_unit([1, 2], 3)
+
+
+@pytest.mark.parametrize("model", ["plain", "with, comma: and colon", "odd [brackets]"])
+def test_infotext_value_round_trip(model):
+    from ipadapter_ext.ui.infotext import parse_unit_infotext, unit_infotext
+
+    unit = IPAdapterUnit(model=model, encoder="clip_h", weight=-0.35, start=0.25, end=0.75, crop="left")
+    fields = parse_unit_infotext(unit_infotext(unit, "0123abcdef", 3))
+    assert fields == {"model": model, "model_hash": "0123abcdef", "encoder": "clip_h", "weight": -0.35,
+                      "start": 0.25, "end": 0.75, "crop": "left", "images": 3}  # fmt: skip
+    assert parse_unit_infotext(unit_infotext(unit, None, 1))["model"] == model
+    assert parse_unit_infotext("weight: 0.5, future: 1, crop: top") == {"weight": 0.5, "crop": "top"}

@@ -32,6 +32,7 @@ from ..core.job import Job
 from ..core.layers import map_ldm_attn2
 from ..core.registry import ModelRegistry
 from ..ui.args import parse_script_args
+from ..ui.infotext import KEY, paste_notice, pasted_unit, unit_infotext
 
 log = logging.getLogger("ipadapter")
 
@@ -192,10 +193,13 @@ def process(p: Any, args: tuple) -> None:
     if hasattr(p, STATE_ATTR):
         delattr(p, STATE_ATTR)
     try:
-        requests = [unit.to_request(number) for number, unit in parse_script_args(args)]
+        units = parse_script_args(args)
+        requests = [unit.to_request(number) for number, unit in units]
     except IPAdapterError as exc:
         setattr(p, STATE_ATTR, GenerationState([], error=exc))
         return
+    for (number, unit), request in zip(units, requests, strict=True):
+        p.extra_generation_params[KEY.format(number)] = unit_infotext(unit, model_hash(unit.model), len(request.images))
     if requests:
         setattr(p, STATE_ATTR, GenerationState(requests))
 
@@ -312,4 +316,37 @@ def build_ui(script: Any, _is_img2img: bool) -> list:
 
     from ..ui.accordion import build
 
-    return build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)
+    built = build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)
+    script.infotext_fields = paste_fields(built)
+    script.paste_field_names = [KEY.format(n) for n in range(1, len(built.units) + 1)]
+    return built.inputs
+
+
+def paste_fields(built: Any) -> list[tuple[Any, Any]]:
+    """(component, params → value) pairs restoring every unit from a pasted infotext."""
+    fields: list[tuple[Any, Any]] = [
+        (built.enabled, lambda d: any(pasted_unit(d, n) is not None for n in range(1, len(built.units) + 1)))
+    ]
+    for n, unit in enumerate(built.units, start=1):
+
+        def field(name: str, n: int = n) -> Any:
+            return lambda d: (pasted_unit(d, n) or {}).get(name)
+
+        fields += [
+            (unit["enabled"], lambda d, n=n: pasted_unit(d, n) is not None),
+            (unit["info"], lambda d, n=n: None if (u := pasted_unit(d, n)) is None else paste_notice(u)),
+        ]
+        fields += [(unit[name], field(name)) for name in ("model", "encoder", "weight", "start", "end", "crop")]
+    return fields
+
+
+def model_hash(name: str) -> str | None:
+    """The WebUI's cached sha256 of an adapter file, shortened like checkpoint hashes."""
+    try:
+        entry = engine().registry.adapter(name)
+        from modules import hashes
+
+        digest = hashes.sha256(str(entry.path), f"ipadapter/{entry.name}")
+    except Exception:  # unknown model (reported at sampling) or no hash available
+        return None
+    return digest[:10] if digest else None

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from ..core.preprocess import CropMode
 from ..schema import DEFAULTS, WEIGHT_RANGE
-from .layout import NONE
+from .layout import NONE, UNIT_FIELDS
+
+
+@dataclass
+class BuiltUI:
+    inputs: list  # the script's arguments, in order
+    enabled: Any  # the accordion's checkbox
+    units: list[dict[str, Any]]  # per unit: field name → component, plus "info"
 
 
 @dataclass
@@ -29,21 +37,23 @@ class UiHooks:
 def build(
     accordion_cls: type, elem_id: Callable[[str], str], units: int, hooks: UiHooks, tool_button_cls: type = gr.Button
 ) -> list:
-    """Create the components inside the current gradio context; returns the script's inputs.
+    """Create the components inside the current gradio context.
 
     ``accordion_cls`` and ``tool_button_cls`` are the WebUI's ``InputAccordion`` and
     ``ToolButton`` (the small icon button next to dropdowns), passed in by the host."""
-    inputs: list = []
-    with accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled:
-        inputs.append(enabled)
-        with gr.Tabs(elem_id=elem_id("units")):
-            for i in range(units):
-                with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
-                    inputs += _unit(i, elem_id, hooks, tool_button_cls)
-    return inputs
+    built: list[dict[str, Any]] = []
+    with (
+        accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled,
+        gr.Tabs(elem_id=elem_id("units")),
+    ):
+        for i in range(units):
+            with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
+                built.append(_unit(i, elem_id, hooks, tool_button_cls))
+    inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS]
+    return BuiltUI(inputs, enabled, built)
 
 
-def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> list:
+def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> dict[str, Any]:
     def eid(name: str) -> str:
         return elem_id(f"unit_{i + 1}_{name}")
 
@@ -82,4 +92,5 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
     refresh.click(on_refresh, inputs=[model, encoder], outputs=[model, encoder, info])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
-    return [enabled, image, more, model, encoder, weight, start, end, crop]
+    values = [enabled, image, more, model, encoder, weight, start, end, crop]
+    return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info}
