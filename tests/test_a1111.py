@@ -461,3 +461,19 @@ def test_infotext_round_trip_restores_every_field_but_the_image(webui):
         k for c, k in webui.script.infotext_fields if c.elem_id.endswith("_enabled") and "unit" not in c.elem_id
     ]
     assert enabled_key(other) is False
+
+
+def test_routes_are_registered_on_app_started(webui):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    for _name, callback in script_callbacks.callbacks["app_started"]:
+        callback(None, app)
+    client = TestClient(app)
+    assert client.get("/ipadapter/v1/version").json()["version"]
+    models = {m["name"]: m for m in client.get("/ipadapter/v1/models").json()["models"]}
+    assert models["tiny-plus"]["compatible"] is None  # no checkpoint loaded yet
+    shared.sd_model = webui.model
+    models = {m["name"]: m for m in client.get("/ipadapter/v1/models").json()["models"]}
+    assert models["tiny-plus"]["compatible"] is True and models["tiny-xl"]["compatible"] is False

@@ -277,6 +277,23 @@ def register_callbacks() -> None:
     script_callbacks.on_model_loaded(lambda _m: sweep(), name="ipadapter_model_loaded")
     script_callbacks.on_script_unloaded(sweep, name="ipadapter_unloaded")
     script_callbacks.on_ui_settings(register_settings, name="ipadapter_settings")
+    script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
+
+
+def loaded_signature() -> UNetSignature | None:
+    """The loaded checkpoint's UNet signature, or ``None`` when no model is loaded."""
+    from modules import shared
+
+    try:
+        return unet_layout(shared.sd_model)[2]
+    except Exception:  # no model loaded (yet), or one that is not an LDM UNet
+        return None
+
+
+def _app_started(_demo: Any, app: Any) -> None:
+    from ..api.routes import register_routes
+
+    register_routes(app, engine, loaded_signature)
 
 
 # -- UI ---------------------------------------------------------------------------------------

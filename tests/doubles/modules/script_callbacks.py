@@ -36,6 +36,10 @@ def on_script_unloaded(callback, *, name=None):
     _add("script_unloaded", callback, name)
 
 
+def on_app_started(callback, *, name=None):
+    _add("app_started", callback, name)
+
+
 def on_ui_settings(callback, *, name=None):
     _add("ui_settings", callback, name)
 
