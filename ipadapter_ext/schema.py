@@ -17,6 +17,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from .core.attention import WeightMode
+from .core.embeds import unpack_embeds
 from .core.engine import AUTO, UnitRequest
 from .core.errors import IPAdapterError
 from .core.preprocess import CropMode
@@ -61,6 +62,7 @@ class IPAdapterUnit(BaseModel):
     start: float = Field(0.0, ge=0.0, le=1.0)
     end: float = Field(1.0, ge=0.0, le=1.0)
     crop: CropMode = CropMode.CENTER
+    embeds: str | None = None  # base64 safetensors from /ipadapter/v1/encode, instead of image
 
     if PYDANTIC_V2:
         model_config = {"extra": "forbid", "arbitrary_types_allowed": True}
@@ -91,6 +93,7 @@ class IPAdapterUnit(BaseModel):
             end=self.end,
             crop=self.crop.value,
             mode=WeightMode.V_ONLY,
+            embeds=unpack_embeds(self.embeds, f"IP-Adapter unit {number}, embeds") if self.embeds else None,
         )
 
 

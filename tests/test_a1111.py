@@ -477,3 +477,41 @@ def test_routes_are_registered_on_app_started(webui):
     shared.sd_model = webui.model
     models = {m["name"]: m for m in client.get("/ipadapter/v1/models").json()["models"]}
     assert models["tiny-plus"]["compatible"] is True and models["tiny-xl"]["compatible"] is False
+
+
+@torch.no_grad()
+def test_encode_then_embeds_gives_the_same_image_as_the_image(webui):
+    import base64
+    import io
+
+    from fastapi import FastAPI, HTTPException
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    for _name, callback in script_callbacks.callbacks["app_started"]:
+        callback(None, app)
+    client = TestClient(app)
+    shared.sd_model = webui.model
+    buf = io.BytesIO()
+    PLUS["image"].save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    answer = client.post("/ipadapter/v1/encode", json={"image": b64, "model": "tiny-plus"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["tokens"] == 4 and body["encoder"] == "tiny-clip"
+    from_image = run_job(
+        webui.script, [{"image": b64, "model": "tiny-plus", "weight": 0.8}], job(webui.model, is_api=True)
+    )
+    from_embeds = run_job(
+        webui.script, [{"embeds": body["embeds"], "model": "tiny-plus", "weight": 0.8}], job(webui.model, is_api=True)
+    )
+    assert torch.equal(from_image, from_embeds)
+    with pytest.raises(HTTPException) as caught:
+        run_job(webui.script, [{"embeds": body["embeds"], "model": "tiny-base"}], job(webui.model, is_api=True))
+    assert "embeds were made for model 'tiny-plus'" in caught.value.detail
+    with pytest.raises(HTTPException) as caught:
+        run_job(webui.script, [{"embeds": b64, "model": "tiny-plus"}], job(webui.model, is_api=True))
+    assert "embeds: not a safetensors blob from /ipadapter/v1/encode" in caught.value.detail
+    bad = client.post("/ipadapter/v1/encode", json={"image": "%%", "model": "tiny-plus"})
+    assert bad.status_code == 422 and "encode, image: the image is not valid base64" in bad.json()["detail"]
+    assert client.post("/ipadapter/v1/encode", json={"image": b64, "model": "x"}).status_code == 422

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..core.compat import UNetSignature, check_unet
-from ..core.errors import IncompatibleModelError
+from ..core.embeds import pack_embeds
+from ..core.errors import IncompatibleModelError, IPAdapterError
 from ..core.registry import AdapterEntry, EncoderEntry, ModelRegistry
 from ..schema import PYDANTIC_V2, IPAdapterUnit
 
 if TYPE_CHECKING:  # the routes need no fastapi name at run time; only the caller's app does
     from fastapi import FastAPI
 
-    from ..core.engine import Engine
+    from ..core.engine import Engine, Placement
 
 PREFIX = "/ipadapter/v1"
 IMAGE_DESCRIPTION = "base64 PNG/JPEG/WebP (a data: URL prefix is allowed), or a list of them"
@@ -130,6 +131,7 @@ def register_routes(
     app: FastAPI,
     engine: Callable[[], Engine],
     unet_signature: Callable[[], UNetSignature | None],
+    placement: Callable[[], Placement] | None = None,
 ) -> None:
     """Add the ``/ipadapter/v1/*`` GET routes to ``app``.
 
@@ -140,11 +142,11 @@ def register_routes(
     """
     present = _route_paths(app)
 
-    def add(path: str, endpoint: Callable[..., dict[str, Any]], summary: str) -> None:
+    def add(path: str, endpoint: Callable[..., dict[str, Any]], summary: str, method: str = "GET") -> None:
         full = PREFIX + path
         if full not in present:
             # response_model=None: the return annotation must not become a pydantic model.
-            app.add_api_route(full, endpoint, methods=["GET"], response_model=None, summary=summary)
+            app.add_api_route(full, endpoint, methods=[method], response_model=None, summary=summary)
             present.add(full)
 
     def version() -> dict[str, Any]:
@@ -172,6 +174,38 @@ def register_routes(
     add("/models", models, "IP-Adapter models, with their detected type and fit to the loaded checkpoint")
     add("/encoders", encoders, "CLIP vision encoders, with their detected shapes")
     add("/schema", schema, "JSON schema of one IP-Adapter unit (alwayson_scripts args)")
+    if placement is not None:
+        add(
+            "/encode",
+            encode_endpoint(engine, placement),
+            "Encode reference images for a model; the result goes in a unit's embeds",
+            "POST",
+        )
+
+
+def encode_endpoint(engine: Callable[[], Engine], placement: Callable[[], Placement]) -> Callable[..., dict[str, Any]]:
+    """``POST /encode``: {image, model, encoder?, crop?} → {model, tokens, embeds}. The body is
+    validated with the unit model itself, so its fields, defaults and errors are the unit's."""
+    from fastapi import Body, HTTPException
+
+    from ..api.payload import validate_unit
+
+    def encode(body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008 (fastapi's idiom)
+        try:
+            unit = validate_unit({k: v for k, v in body.items() if k in ("image", "model", "encoder", "crop")}, 1)
+            request = unit.to_request(1)
+            request.embeds = None
+            _, encoder_name, cond, uncond = engine().tokens(request, placement())
+        except IPAdapterError as exc:
+            raise HTTPException(status_code=422, detail=str(exc).replace("IP-Adapter unit 1", "encode")) from exc
+        return {
+            "model": unit.model,
+            "encoder": encoder_name,
+            "tokens": int(cond.shape[1]),
+            "embeds": pack_embeds(cond, uncond, unit.model),
+        }
+
+    return encode
 
 
 __all__ = ["IMAGE_DESCRIPTION", "PREFIX", "adapter_json", "encoder_json", "register_routes", "unit_schema"]

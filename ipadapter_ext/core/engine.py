@@ -45,6 +45,7 @@ class UnitRequest:
     end: float = 1.0
     crop: str = "center"
     mode: WeightMode = WeightMode.V_ONLY
+    embeds: tuple[torch.Tensor, torch.Tensor, str] | None = None  # (cond, uncond, model) from /encode
 
 
 class LoadedModels:
@@ -120,16 +121,22 @@ class Engine:
             return "None of the models in the model folders fits it."
         return f"Models that fit it: {', '.join(fits)}."
 
-    def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
-        if not req.images:
-            raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
+    def tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
+        """(adapter, encoder name, cond tokens, uncond tokens) for one unit: encoded from its
+        images, or taken from its precomputed ``embeds``."""
         if not req.model:
             raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
+        if not req.images and req.embeds is None:
+            raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
         adapter = self._adapter(req.model)
-        try:
-            check_unet(adapter.info, unet, f"'{req.model}'")
-        except IncompatibleModelError as exc:
-            raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
+        if req.embeds is not None:
+            cond, uncond, made_for = req.embeds
+            if made_for != req.model or cond.shape[-1] != adapter.info.context_dim:
+                raise IPAdapterError(
+                    f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
+                    "Use that model, or encode the image again with this one."
+                )
+            return adapter, "embeds", cond, uncond
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         try:
@@ -140,6 +147,16 @@ class Engine:
         finally:
             if place.offload_encoder:
                 encoder.to("cpu")
+        return adapter, encoder_name, cond, uncond
+
+    def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
+        if req.model:
+            info = self._adapter(req.model).info
+            try:
+                check_unet(info, unet, f"'{req.model}'")
+            except IncompatibleModelError as exc:
+                raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
+        adapter, encoder_name, cond, uncond = self.tokens(req, place)
         kv = UnitKV(adapter, cond, uncond, place.device, place.dtype)
         description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
         return PreparedUnit(req.number, adapter, kv, req.weight, req.start, req.end, req.mode, description)
