@@ -78,7 +78,15 @@ class IPAdapterUnit(BaseModel):
             return []
         items = self.image if isinstance(self.image, list | tuple) else [self.image]
         where = f"IP-Adapter unit {number}, image"
-        return [decode_image(im, where) if isinstance(im, str) else im for im in items if im is not None]
+        out = []
+        for im in items:
+            if isinstance(im, str):
+                out.append(decode_image(im, where))
+            elif isinstance(im, Image.Image) or hasattr(im, "__array__"):
+                out.append(im)
+            elif im is not None:
+                raise IPAdapterError(f"{where}: expected a base64-encoded image, got {type(im).__name__}.")
+        return out
 
     def to_request(self, number: int) -> UnitRequest:
         if self.start > self.end:
