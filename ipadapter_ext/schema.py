@@ -106,3 +106,16 @@ class IPAdapterUnit(BaseModel):
 
 
 DEFAULTS = IPAdapterUnit()
+
+
+def given_fields(unit: IPAdapterUnit) -> set[str]:
+    """The fields the caller set explicitly (the rest took their defaults)."""
+    return set(unit.model_fields_set if PYDANTIC_V2 else unit.__fields_set__)
+
+
+def with_default_weight(unit: IPAdapterUnit, weight: float) -> IPAdapterUnit:
+    """``unit`` with the configured default weight where the caller gave none."""
+    if "weight" in given_fields(unit) or weight == unit.weight:
+        return unit
+    update = {"weight": weight}
+    return unit.model_copy(update=update) if PYDANTIC_V2 else unit.copy(update=update)

@@ -515,3 +515,49 @@ def test_encode_then_embeds_gives_the_same_image_as_the_image(webui):
     bad = client.post("/ipadapter/v1/encode", json={"image": "%%", "model": "tiny-plus"})
     assert bad.status_code == 422 and "encode, image: the image is not valid base64" in bad.json()["detail"]
     assert client.post("/ipadapter/v1/encode", json={"image": b64, "model": "x"}).status_code == 422
+
+
+@torch.no_grad()
+def test_default_weight_setting_is_shared_by_ui_and_api(webui):
+    import base64
+    import io
+
+    import gradio as gr
+
+    shared.opts.ipadapter_default_weight = 0.0
+    with gr.Blocks():
+        inputs = webui.script.ui(False)
+    assert inputs[6].value == 0.0  # unit 1's weight slider starts at the setting
+    buf = io.BytesIO()
+    PLUS["image"].save(buf, format="PNG")
+    unit = {"image": base64.b64encode(buf.getvalue()).decode(), "model": "tiny-plus"}
+    baseline = run_job(webui.script, unit_args(enabled=False), job(webui.model))
+    assert torch.equal(run_job(webui.script, [unit], job(webui.model, is_api=True)), baseline)  # weight 0 by setting
+    explicit = run_job(webui.script, [{**unit, "weight": 1.0}], job(webui.model, is_api=True))
+    assert not torch.allclose(explicit, baseline)  # an explicit weight wins over the setting
+
+
+def test_download_button_reports_and_rescans(webui, monkeypatch):
+    import gradio as gr
+
+    import ipadapter_ext.download as dl
+
+    with gr.Blocks():
+        webui.script.ui(False)
+    fetched = []
+
+    def fake_download(model, dest):
+        fetched.append((model.name, dest.name))
+        if model.kind == "encoder":
+            raise OSError("network unreachable")
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / model.name).write_bytes((dest / "tiny-base.bin").read_bytes())
+        return dest / model.name
+
+    monkeypatch.setattr(dl, "download", fake_download)
+    status = a1111.download_models(["ip-adapter_sd15.safetensors", "clip_vision_h.safetensors", "bogus"])
+    assert fetched == [("ip-adapter_sd15.safetensors", "ipadapter"), ("clip_vision_h.safetensors", "clip_vision")]
+    assert "✓ ip-adapter_sd15.safetensors → models/ipadapter" in status
+    assert "✗ clip_vision_h.safetensors: network unreachable. Download it by hand into models/clip_vision" in status
+    assert "✗ bogus: not an official model" in status
+    assert "ip-adapter_sd15" in [e.name for e in a1111.engine().registry.adapters()]  # rescanned

@@ -29,8 +29,11 @@ from ..core.compat import UNetSignature, check_unet
 from ..core.engine import Engine, Placement, UnitRequest
 from ..core.errors import IPAdapterError
 from ..core.job import Job
+from ..core.known_models import KNOWN_MODELS, find_known_model
 from ..core.layers import map_ldm_attn2
 from ..core.registry import ModelRegistry
+from ..interop.xyz import apply_overrides, register_xyz_axes
+from ..schema import DEFAULTS, WEIGHT_RANGE, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, paste_notice, pasted_unit, unit_infotext
 
@@ -59,6 +62,8 @@ def register_settings() -> None:
     add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)")
     add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
         {"minimum": 0, "maximum": 256, "step": 1})  # fmt: skip
+    add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
+        gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
     add(
         "ipadapter_offload_encoder",
         False,
@@ -194,6 +199,9 @@ def process(p: Any, args: tuple) -> None:
         delattr(p, STATE_ATTR)
     try:
         units = parse_script_args(args)
+        default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
+        units = [(n, with_default_weight(u, default_weight)) for n, u in units]
+        units = apply_overrides(p, units)  # X/Y/Z plot axes
         requests = [unit.to_request(number) for number, unit in units]
     except IPAdapterError as exc:
         setattr(p, STATE_ATTR, GenerationState([], error=exc))
@@ -278,6 +286,13 @@ def register_callbacks() -> None:
     script_callbacks.on_script_unloaded(sweep, name="ipadapter_unloaded")
     script_callbacks.on_ui_settings(register_settings, name="ipadapter_settings")
     script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
+    if hasattr(script_callbacks, "on_before_ui"):  # before the X/Y/Z plot script builds its axis list
+        script_callbacks.on_before_ui(register_xyz, name="ipadapter_xyz_axes")
+
+
+def register_xyz() -> None:
+    """The IP-Adapter axes of the X/Y/Z plot script (idempotent; nothing when it is not loaded)."""
+    register_xyz_axes(lambda: [e.name for e in engine().registry.adapters() if e.info is not None])
 
 
 def loaded_signature() -> UNetSignature | None:
@@ -293,7 +308,18 @@ def loaded_signature() -> UNetSignature | None:
 def _app_started(_demo: Any, app: Any) -> None:
     from ..api.routes import register_routes
 
-    register_routes(app, engine, loaded_signature)
+    register_routes(app, engine, loaded_signature, _current_placement)
+
+
+def _current_placement() -> Placement:
+    """Encode on the loaded UNet's device (CPU when none is loaded)."""
+    from modules import shared
+
+    try:
+        unet = shared.sd_model.model.diffusion_model
+        return placement(shared.sd_model, unet)
+    except Exception:
+        return Placement(device=torch.device("cpu"), dtype=torch.float32)
 
 
 # -- UI ---------------------------------------------------------------------------------------
@@ -325,7 +351,39 @@ def ui_hooks() -> Any:
             pass
         return text
 
-    return UiHooks(adapters, encoders, describe, lambda: engine().registry.refresh())
+    default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
+    return UiHooks(
+        adapters,
+        encoders,
+        describe,
+        lambda: engine().registry.refresh(),
+        default_weight,
+        known_models=lambda: [m.name for m in KNOWN_MODELS],
+        download=download_models,
+    )
+
+
+def download_models(names: list[str] | None) -> str:
+    """The UI's "Download official models": sha256-checked, atomic, then the lists are rescanned."""
+    from modules.paths_internal import models_path
+
+    from ..download import download, target_dir
+
+    lines = []
+    for name in names or []:
+        model = find_known_model(name)
+        if model is None:
+            lines.append(f"✗ {name}: not an official model this version knows")
+            continue
+        try:
+            path = download(model, target_dir(model, Path(models_path)))
+            lines.append(f"✓ {name} → models/{path.parent.name}")
+        except IPAdapterError as exc:
+            lines.append(f"✗ {exc}")
+        except OSError as exc:  # no network, disk full …
+            lines.append(f"✗ {name}: {exc}. Download it by hand into models/{model.folder}.")
+    engine().registry.refresh()
+    return "  \n".join(lines) or "Choose one or more models first."
 
 
 def build_ui(script: Any, _is_img2img: bool) -> list:

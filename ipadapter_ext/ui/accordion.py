@@ -32,6 +32,9 @@ class UiHooks:
     encoder_names: Callable[[], list[str]]
     describe: Callable[[str, str], str]  # (model, encoder) → info line (description + compatibility)
     refresh: Callable[[], None]
+    default_weight: float = DEFAULTS.weight  # the "default weight" setting; the API uses the same
+    known_models: Callable[[], list[str]] | None = None  # official files that can be downloaded
+    download: Callable[[list[str]], str] | None = None  # names → status text
 
 
 def build(
@@ -49,8 +52,21 @@ def build(
         for i in range(units):
             with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
                 built.append(_unit(i, elem_id, hooks, tool_button_cls))
+        if hooks.known_models is not None and hooks.download is not None:
+            _downloads(elem_id, hooks)
     inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS]
     return BuiltUI(inputs, enabled, built)
+
+
+def _downloads(elem_id: Callable[[str], str], hooks: UiHooks) -> None:
+    """A tab to fetch official files (sha256-checked) into the model folders, then rescan."""
+    with gr.Tab("Download official models", elem_id=elem_id("downloads")):
+        names = gr.Dropdown(
+            label="Official models", choices=hooks.known_models(), multiselect=True, elem_id=elem_id("download_names")
+        )
+        start = gr.Button("Download", elem_id=elem_id("download_start"))
+        status = gr.Markdown("", elem_id=elem_id("download_status"))
+        start.click(hooks.download, inputs=[names], outputs=[status])
 
 
 def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> dict[str, Any]:
@@ -72,7 +88,7 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
         refresh = tool_button_cls(value="\U0001f504", elem_id=eid("refresh"))
     info = gr.Markdown("", elem_id=eid("info"))
     weight = gr.Slider(label="Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
-                       value=DEFAULTS.weight, elem_id=eid("weight"))  # fmt: skip
+                       value=hooks.default_weight, elem_id=eid("weight"))  # fmt: skip
     with gr.Row():
         start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
         end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))

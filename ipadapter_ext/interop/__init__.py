@@ -1,0 +1,1 @@
+"""Integrations with other parts of the WebUI (the built-in X/Y/Z plot script)."""

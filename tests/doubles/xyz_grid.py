@@ -1,0 +1,103 @@
+"""Double of the X/Y/Z plot script, ``scripts/xyz_grid.py`` of A1111 1.10.1 (commit 82a973c).
+
+What extensions rely on, with the same names and signatures: ``AxisOption(label, type, apply,
+format_value=format_value_add_label, confirm=None, cost=0.0, choices=None, prepare=None)``, the
+module-level list ``axis_options``, the format helpers, and the ``Script`` class the WebUI finds
+in ``modules.scripts.scripts_data``. The WebUI loads the file under the module name
+``xyz_grid.py`` (modules/script_loading.py), so tests load this file the same way.
+
+``run_axis`` reduces ``Script.run`` to what an axis sees: the values are converted with the
+axis type and passed to ``confirm(p, valslist)`` before anything runs, then each cell is a
+shallow ``copy(p)`` on which ``apply(pc, x, xs)`` is called before ``process_images(pc)``.
+"""
+
+from copy import copy
+
+from modules import scripts
+
+
+def format_value_add_label(p, opt, x):
+    if type(x) is float:
+        x = round(x, 8)
+    return f"{opt.label}: {x}"
+
+
+def format_value(p, opt, x):
+    if type(x) is float:
+        x = round(x, 8)
+    return x
+
+
+def do_nothing(p, x, xs):
+    pass
+
+
+def format_nothing(p, opt, x):
+    return ""
+
+
+def apply_field(field):
+    def fun(p, x, xs):
+        setattr(p, field, x)
+
+    return fun
+
+
+class AxisOption:
+    def __init__(
+        self,
+        label,
+        type,
+        apply,
+        format_value=format_value_add_label,
+        confirm=None,
+        cost=0.0,
+        choices=None,
+        prepare=None,
+    ):
+        self.label = label
+        self.type = type
+        self.apply = apply
+        self.format_value = format_value
+        self.confirm = confirm
+        self.cost = cost
+        self.prepare = prepare
+        self.choices = choices
+
+
+class AxisOptionImg2Img(AxisOption):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.is_img2img = True
+
+
+class AxisOptionTxt2Img(AxisOption):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.is_img2img = False
+
+
+axis_options = [
+    AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
+    AxisOption("Seed", int, apply_field("seed")),
+    AxisOption("Steps", int, apply_field("steps")),
+    AxisOption("CFG Scale", float, apply_field("cfg_scale")),
+]
+
+
+def run_axis(p, opt, values, process_images):
+    """One axis of ``Script.run``: convert, confirm, then per cell copy ``p``, apply, process."""
+    valslist = [opt.type(x) for x in values]
+    if opt.confirm:
+        opt.confirm(p, valslist)
+    results = []
+    for x in valslist:
+        pc = copy(p)
+        opt.apply(pc, x, valslist)
+        results.append(process_images(pc))
+    return results
+
+
+class Script(scripts.Script):
+    def title(self):
+        return "X/Y/Z plot"
