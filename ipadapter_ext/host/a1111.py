@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 glue: the only module that reads WebUI internals.
+"""AUTOMATIC1111 glue for one generation (``host/`` is the only package that reads WebUI internals;
+settings, models and the UI live in the modules beside this one).
 
 Lifetime of the hooks, per generation:
 
@@ -19,118 +20,35 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..api.errors import http_error
-from ..core.compat import UNetSignature, check_unet
-from ..core.engine import Engine, Placement, UnitRequest
+from ..core.compat import check_unet
+from ..core.engine import Placement, UnitRequest
 from ..core.errors import IPAdapterError
 from ..core.job import Job
-from ..core.known_models import KNOWN_MODELS, find_known_model
-from ..core.layers import map_ldm_attn2
-from ..core.registry import ModelRegistry
 from ..interop.xyz import apply_overrides, register_xyz_axes
-from ..schema import DEFAULTS, WEIGHT_RANGE, with_default_weight
+from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
-from ..ui.infotext import KEY, paste_notice, pasted_unit, unit_infotext
+from ..ui.infotext import KEY, unit_infotext
+from .a1111_ui import build_ui, download_models
+from .models import _current_placement, _EngineHolder, engine, loaded_signature, model_hash, placement, unet_layout
+from .settings import opt, register_settings
+
+__all__ = [
+    "Placement",
+    "_EngineHolder",
+    "build_ui",
+    "download_models",
+    "engine",
+    "loaded_signature",
+    "placement",
+    "unet_layout",
+]
 
 log = logging.getLogger("ipadapter")
 
 STATE_ATTR = "ipadapter_state"
-SETTINGS_SECTION = ("ipadapter", "IP-Adapter")
-
-
-# -- settings ---------------------------------------------------------------------------------
-def opt(name: str, default: Any) -> Any:
-    from modules import shared
-
-    return getattr(shared.opts, name, default)
-
-
-def register_settings() -> None:
-    import gradio as gr
-    from modules import shared
-
-    def add(key: str, default: Any, label: str, component: Any = None, args: dict | None = None) -> None:
-        shared.opts.add_option(key, shared.OptionInfo(default, label, component, args, section=SETTINGS_SECTION))
-
-    add("ipadapter_units", 3, "Number of IP-Adapter units (restart the UI to apply)", gr.Slider,
-        {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
-    add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)")
-    add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
-        {"minimum": 0, "maximum": 256, "step": 1})  # fmt: skip
-    add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
-        gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
-    add(
-        "ipadapter_offload_encoder",
-        False,
-        "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
-    )
-    add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
-
-
-# -- models -----------------------------------------------------------------------------------
-class _EngineHolder:
-    """The process-wide caches (models, embeddings); created on first use, never at import."""
-
-    engine: Engine | None = None
-
-    @classmethod
-    def get(cls) -> Engine:
-        if cls.engine is None:
-            from modules.paths_internal import models_path
-
-            root = Path(models_path)
-            adapters = root / "ipadapter"
-            adapters.mkdir(parents=True, exist_ok=True)
-            extra = [Path(p.strip()) for p in str(opt("ipadapter_extra_folders", "")).split(",") if p.strip()]
-            registry = ModelRegistry([adapters, *extra], [root / "clip_vision", *extra], [root / "ControlNet"])
-            cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)))
-        return cls.engine
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.engine = None
-
-
-def engine() -> Engine:
-    return _EngineHolder.get()
-
-
-# -- UNet -------------------------------------------------------------------------------------
-def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], UNetSignature]:
-    """The UNet, its attn2 modules in adapter key order, and its signature for the checks."""
-    unet = sd_model.model.diffusion_model
-    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
-    modules = [found[s.name] for s in map_ldm_attn2(found)]
-    label = (
-        "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD2.x" if getattr(sd_model, "is_sd2", False) else "SD1.5"
-    )
-    context = modules[0].to_k.in_features if modules else 0
-    return unet, modules, UNetSignature(context, tuple(m.to_k.out_features for m in modules), label)
-
-
-def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
-    from modules import devices, shared
-
-    param = next(unet.parameters())
-    dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16, torch.float32) else devices.dtype
-    cmd = shared.cmd_opts
-    lowmem = bool(
-        getattr(cmd, "medvram", False)
-        or getattr(cmd, "lowvram", False)
-        or (getattr(cmd, "medvram_sdxl", False) and getattr(sd_model, "is_sdxl", False))
-    )
-    return Placement(
-        device=param.device,
-        dtype=dtype,
-        encoder_dtype=dtype if param.device.type != "cpu" else torch.float32,
-        offload_encoder=lowmem or bool(opt("ipadapter_offload_encoder", False)),
-        upcast_attention=bool(opt("upcast_attn", False)),
-    )
 
 
 # -- per-job state ----------------------------------------------------------------------------
@@ -295,133 +213,7 @@ def register_xyz() -> None:
     register_xyz_axes(lambda: [e.name for e in engine().registry.adapters() if e.info is not None])
 
 
-def loaded_signature() -> UNetSignature | None:
-    """The loaded checkpoint's UNet signature, or ``None`` when no model is loaded."""
-    from modules import shared
-
-    try:
-        return unet_layout(shared.sd_model)[2]
-    except Exception:  # no model loaded (yet), or one that is not an LDM UNet
-        return None
-
-
 def _app_started(_demo: Any, app: Any) -> None:
     from ..api.routes import register_routes
 
     register_routes(app, engine, loaded_signature, _current_placement)
-
-
-def _current_placement() -> Placement:
-    """Encode on the loaded UNet's device (CPU when none is loaded)."""
-    from modules import shared
-
-    try:
-        unet = shared.sd_model.model.diffusion_model
-        return placement(shared.sd_model, unet)
-    except Exception:
-        return Placement(device=torch.device("cpu"), dtype=torch.float32)
-
-
-# -- UI ---------------------------------------------------------------------------------------
-def ui_hooks() -> Any:
-    from ..ui.accordion import UiHooks
-
-    def adapters() -> list[str]:
-        return [e.name for e in engine().registry.adapters() if e.info is not None]
-
-    def encoders() -> list[str]:
-        return [e.name for e in engine().registry.encoders() if e.spec is not None]
-
-    def describe(model: str, _encoder: str) -> str:
-        try:
-            entry = engine().registry.adapter(model)
-        except IPAdapterError:
-            return ""
-        if entry.info is None:
-            return f"⚠ {entry.error}"
-        text = entry.info.describe()
-        try:
-            from modules import shared
-
-            _, _, signature = unet_layout(shared.sd_model)
-            check_unet(entry.info, signature, f"'{model}'")
-        except IPAdapterError as exc:
-            text += f"  \n⚠ {exc}"
-        except Exception:  # no model loaded yet
-            pass
-        return text
-
-    default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
-    return UiHooks(
-        adapters,
-        encoders,
-        describe,
-        lambda: engine().registry.refresh(),
-        default_weight,
-        known_models=lambda: [m.name for m in KNOWN_MODELS],
-        download=download_models,
-    )
-
-
-def download_models(names: list[str] | None) -> str:
-    """The UI's "Download official models": sha256-checked, atomic, then the lists are rescanned."""
-    from modules.paths_internal import models_path
-
-    from ..download import download, target_dir
-
-    lines = []
-    for name in names or []:
-        model = find_known_model(name)
-        if model is None:
-            lines.append(f"✗ {name}: not an official model this version knows")
-            continue
-        try:
-            path = download(model, target_dir(model, Path(models_path)))
-            lines.append(f"✓ {name} → models/{path.parent.name}")
-        except IPAdapterError as exc:
-            lines.append(f"✗ {exc}")
-        except OSError as exc:  # no network, disk full …
-            lines.append(f"✗ {name}: {exc}. Download it by hand into models/{model.folder}.")
-    engine().registry.refresh()
-    return "  \n".join(lines) or "Choose one or more models first."
-
-
-def build_ui(script: Any, _is_img2img: bool) -> list:
-    from modules.ui_components import InputAccordion, ToolButton
-
-    from ..ui.accordion import build
-
-    built = build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)
-    script.infotext_fields = paste_fields(built)
-    script.paste_field_names = [KEY.format(n) for n in range(1, len(built.units) + 1)]
-    return built.inputs
-
-
-def paste_fields(built: Any) -> list[tuple[Any, Any]]:
-    """(component, params → value) pairs restoring every unit from a pasted infotext."""
-    fields: list[tuple[Any, Any]] = [
-        (built.enabled, lambda d: any(pasted_unit(d, n) is not None for n in range(1, len(built.units) + 1)))
-    ]
-    for n, unit in enumerate(built.units, start=1):
-
-        def field(name: str, n: int = n) -> Any:
-            return lambda d: (pasted_unit(d, n) or {}).get(name)
-
-        fields += [
-            (unit["enabled"], lambda d, n=n: pasted_unit(d, n) is not None),
-            (unit["info"], lambda d, n=n: None if (u := pasted_unit(d, n)) is None else paste_notice(u)),
-        ]
-        fields += [(unit[name], field(name)) for name in ("model", "encoder", "weight", "start", "end", "crop")]
-    return fields
-
-
-def model_hash(name: str) -> str | None:
-    """The WebUI's cached sha256 of an adapter file, shortened like checkpoint hashes."""
-    try:
-        entry = engine().registry.adapter(name)
-        from modules import hashes
-
-        digest = hashes.sha256(str(entry.path), f"ipadapter/{entry.name}")
-    except Exception:  # unknown model (reported at sampling) or no hash available
-        return None
-    return digest[:10] if digest else None

@@ -1,0 +1,106 @@
+"""The accordion inside the WebUI: components, info line, paste fields, downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.compat import check_unet
+from ..core.errors import IPAdapterError
+from ..core.known_models import KNOWN_MODELS, find_known_model
+from ..schema import DEFAULTS
+from ..ui.infotext import KEY, paste_notice, pasted_unit
+from .models import engine, unet_layout
+from .settings import opt
+
+
+def ui_hooks() -> Any:
+    from ..ui.accordion import UiHooks
+
+    def adapters() -> list[str]:
+        return [e.name for e in engine().registry.adapters() if e.info is not None]
+
+    def encoders() -> list[str]:
+        return [e.name for e in engine().registry.encoders() if e.spec is not None]
+
+    def describe(model: str, _encoder: str) -> str:
+        try:
+            entry = engine().registry.adapter(model)
+        except IPAdapterError:
+            return ""
+        if entry.info is None:
+            return f"⚠ {entry.error}"
+        text = entry.info.describe()
+        try:
+            from modules import shared
+
+            _, _, signature = unet_layout(shared.sd_model)
+            check_unet(entry.info, signature, f"'{model}'")
+        except IPAdapterError as exc:
+            text += f"  \n⚠ {exc}"
+        except Exception:  # no model loaded yet
+            pass
+        return text
+
+    default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
+    return UiHooks(
+        adapters,
+        encoders,
+        describe,
+        lambda: engine().registry.refresh(),
+        default_weight,
+        known_models=lambda: [m.name for m in KNOWN_MODELS],
+        download=download_models,
+    )
+
+
+def download_models(names: list[str] | None) -> str:
+    """The UI's "Download official models": sha256-checked, atomic, then the lists are rescanned."""
+    from modules.paths_internal import models_path
+
+    from ..download import download, target_dir
+
+    lines = []
+    for name in names or []:
+        model = find_known_model(name)
+        if model is None:
+            lines.append(f"✗ {name}: not an official model this version knows")
+            continue
+        try:
+            path = download(model, target_dir(model, Path(models_path)))
+            lines.append(f"✓ {name} → models/{path.parent.name}")
+        except IPAdapterError as exc:
+            lines.append(f"✗ {exc}")
+        except OSError as exc:  # no network, disk full …
+            lines.append(f"✗ {name}: {exc}. Download it by hand into models/{model.folder}.")
+    engine().registry.refresh()
+    return "  \n".join(lines) or "Choose one or more models first."
+
+
+def build_ui(script: Any, _is_img2img: bool) -> list:
+    from modules.ui_components import InputAccordion, ToolButton
+
+    from ..ui.accordion import build
+
+    built = build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)
+    script.infotext_fields = paste_fields(built)
+    script.paste_field_names = [KEY.format(n) for n in range(1, len(built.units) + 1)]
+    return built.inputs
+
+
+def paste_fields(built: Any) -> list[tuple[Any, Any]]:
+    """(component, params → value) pairs restoring every unit from a pasted infotext."""
+    fields: list[tuple[Any, Any]] = [
+        (built.enabled, lambda d: any(pasted_unit(d, n) is not None for n in range(1, len(built.units) + 1)))
+    ]
+    for n, unit in enumerate(built.units, start=1):
+
+        def field(name: str, n: int = n) -> Any:
+            return lambda d: (pasted_unit(d, n) or {}).get(name)
+
+        fields += [
+            (unit["enabled"], lambda d, n=n: pasted_unit(d, n) is not None),
+            (unit["info"], lambda d, n=n: None if (u := pasted_unit(d, n)) is None else paste_notice(u)),
+        ]
+        fields += [(unit[name], field(name)) for name in ("model", "encoder", "weight", "start", "end", "crop")]
+    return fields

@@ -1,0 +1,107 @@
+"""Process-wide model state (registry and caches) and what the loaded checkpoint looks like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.compat import UNetSignature
+from ..core.engine import Engine, Placement
+from ..core.layers import map_ldm_attn2
+from ..core.registry import ModelRegistry
+from .settings import opt
+
+
+class _EngineHolder:
+    """The process-wide caches (models, embeddings); created on first use, never at import."""
+
+    engine: Engine | None = None
+
+    @classmethod
+    def get(cls) -> Engine:
+        if cls.engine is None:
+            from modules.paths_internal import models_path
+
+            root = Path(models_path)
+            adapters = root / "ipadapter"
+            adapters.mkdir(parents=True, exist_ok=True)
+            extra = [Path(p.strip()) for p in str(opt("ipadapter_extra_folders", "")).split(",") if p.strip()]
+            registry = ModelRegistry([adapters, *extra], [root / "clip_vision", *extra], [root / "ControlNet"])
+            cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)))
+        return cls.engine
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.engine = None
+
+
+def engine() -> Engine:
+    return _EngineHolder.get()
+
+
+# -- UNet -------------------------------------------------------------------------------------
+def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], UNetSignature]:
+    """The UNet, its attn2 modules in adapter key order, and its signature for the checks."""
+    unet = sd_model.model.diffusion_model
+    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
+    modules = [found[s.name] for s in map_ldm_attn2(found)]
+    label = (
+        "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD2.x" if getattr(sd_model, "is_sd2", False) else "SD1.5"
+    )
+    context = modules[0].to_k.in_features if modules else 0
+    return unet, modules, UNetSignature(context, tuple(m.to_k.out_features for m in modules), label)
+
+
+def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
+    from modules import devices, shared
+
+    param = next(unet.parameters())
+    dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16, torch.float32) else devices.dtype
+    cmd = shared.cmd_opts
+    lowmem = bool(
+        getattr(cmd, "medvram", False)
+        or getattr(cmd, "lowvram", False)
+        or (getattr(cmd, "medvram_sdxl", False) and getattr(sd_model, "is_sdxl", False))
+    )
+    return Placement(
+        device=param.device,
+        dtype=dtype,
+        encoder_dtype=dtype if param.device.type != "cpu" else torch.float32,
+        offload_encoder=lowmem or bool(opt("ipadapter_offload_encoder", False)),
+        upcast_attention=bool(opt("upcast_attn", False)),
+    )
+
+
+def loaded_signature() -> UNetSignature | None:
+    """The loaded checkpoint's UNet signature, or ``None`` when no model is loaded."""
+    from modules import shared
+
+    try:
+        return unet_layout(shared.sd_model)[2]
+    except Exception:  # no model loaded (yet), or one that is not an LDM UNet
+        return None
+
+
+def _current_placement() -> Placement:
+    """Encode on the loaded UNet's device (CPU when none is loaded)."""
+    from modules import shared
+
+    try:
+        unet = shared.sd_model.model.diffusion_model
+        return placement(shared.sd_model, unet)
+    except Exception:
+        return Placement(device=torch.device("cpu"), dtype=torch.float32)
+
+
+def model_hash(name: str) -> str | None:
+    """The WebUI's cached sha256 of an adapter file, shortened like checkpoint hashes."""
+    try:
+        entry = engine().registry.adapter(name)
+        from modules import hashes
+
+        digest = hashes.sha256(str(entry.path), f"ipadapter/{entry.name}")
+    except Exception:  # unknown model (reported at sampling) or no hash available
+        return None
+    return digest[:10] if digest else None

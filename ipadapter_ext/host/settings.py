@@ -1,0 +1,37 @@
+"""The "IP-Adapter" settings section and typed access to the WebUI's options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..schema import DEFAULTS, WEIGHT_RANGE
+
+SETTINGS_SECTION = ("ipadapter", "IP-Adapter")
+
+
+def opt(name: str, default: Any) -> Any:
+    from modules import shared
+
+    return getattr(shared.opts, name, default)
+
+
+def register_settings() -> None:
+    import gradio as gr
+    from modules import shared
+
+    def add(key: str, default: Any, label: str, component: Any = None, args: dict | None = None) -> None:
+        shared.opts.add_option(key, shared.OptionInfo(default, label, component, args, section=SETTINGS_SECTION))
+
+    add("ipadapter_units", 3, "Number of IP-Adapter units (restart the UI to apply)", gr.Slider,
+        {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
+    add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)")
+    add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
+        {"minimum": 0, "maximum": 256, "step": 1})  # fmt: skip
+    add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
+        gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
+    add(
+        "ipadapter_offload_encoder",
+        False,
+        "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
+    )
+    add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
