@@ -561,3 +561,22 @@ def test_download_button_reports_and_rescans(webui, monkeypatch):
     assert "✗ clip_vision_h.safetensors: network unreachable. Download it by hand into models/clip_vision" in status
     assert "✗ bogus: not an official model" in status
     assert "ip-adapter_sd15" in [e.name for e in a1111.engine().registry.adapters()]  # rescanned
+
+
+def test_settings_changes_apply_without_restart(webui, tmp_path):
+    for _name, callback in script_callbacks.callbacks["ui_settings"]:
+        callback()
+    labels = shared.opts.data_labels
+    engine = a1111.engine()
+    shared.opts.ipadapter_cache_size = 2
+    labels["ipadapter_cache_size"].onchange()
+    assert engine.embeddings.max_items == 2
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "moved.safetensors").write_bytes(
+        (tmp_path / "models" / "ipadapter" / "tiny-plus.safetensors").read_bytes()
+    )
+    shared.opts.ipadapter_extra_folders = str(extra)
+    labels["ipadapter_extra_folders"].onchange()
+    assert a1111.engine() is not engine
+    assert "moved" in [e.name for e in a1111.engine().registry.adapters() if e.info is not None]

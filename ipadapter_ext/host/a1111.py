@@ -22,6 +22,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.bare_unit import install as install_bare_unit
 from ..api.errors import http_error
 from ..core.compat import check_unet
 from ..core.engine import Placement, UnitRequest
@@ -217,3 +218,4 @@ def _app_started(_demo: Any, app: Any) -> None:
     from ..api.routes import register_routes
 
     register_routes(app, engine, loaded_signature, _current_placement)
+    install_bare_unit(app)

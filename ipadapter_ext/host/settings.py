@@ -19,14 +19,18 @@ def register_settings() -> None:
     import gradio as gr
     from modules import shared
 
-    def add(key: str, default: Any, label: str, component: Any = None, args: dict | None = None) -> None:
-        shared.opts.add_option(key, shared.OptionInfo(default, label, component, args, section=SETTINGS_SECTION))
+    def add(
+        key: str, default: Any, label: str, component: Any = None, args: dict | None = None, onchange: Any = None
+    ) -> None:
+        info = shared.OptionInfo(default, label, component, args, onchange=onchange, section=SETTINGS_SECTION)
+        shared.opts.add_option(key, info)
 
     add("ipadapter_units", 3, "Number of IP-Adapter units (restart the UI to apply)", gr.Slider,
         {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
-    add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)")
+    add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)",
+        onchange=_folders_changed)  # fmt: skip
     add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
-        {"minimum": 0, "maximum": 256, "step": 1})  # fmt: skip
+        {"minimum": 0, "maximum": 256, "step": 1}, onchange=_cache_size_changed)  # fmt: skip
     add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
         gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
     add(
@@ -35,3 +39,17 @@ def register_settings() -> None:
         "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
+
+
+def _cache_size_changed() -> None:
+    from .models import _EngineHolder
+
+    if _EngineHolder.engine is not None:
+        _EngineHolder.engine.embeddings.resize(int(opt("ipadapter_cache_size", 32)))
+
+
+def _folders_changed() -> None:
+    """New folders: the registry is rebuilt on next use (loaded models and embeddings go too)."""
+    from .models import _EngineHolder
+
+    _EngineHolder.reset()

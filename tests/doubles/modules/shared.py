@@ -9,6 +9,7 @@ class OptionInfo:
         self.default, self.label, self.component, self.component_args, self.section = (
             default, label, component, component_args, section,
         )  # fmt: skip
+        self.onchange = onchange
 
 
 class Options(SimpleNamespace):
