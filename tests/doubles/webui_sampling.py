@@ -153,17 +153,21 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
         except Exception:  # ScriptRunner reports and carries on
             errors.append(traceback.format_exc())
 
+    def new_pass(x):
+        """A new sampler, then process_before_every_sampling (its errors reported, not raised)."""
+        p.sampler = Sampler(p, p.steps)
+        p.samplers.append(p.sampler)
+        try:
+            script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
+        except Exception:
+            errors.append(traceback.format_exc())
+
     shared.sd_model = p.sd_model
     hook("process")
     g = torch.Generator().manual_seed(p.seed)
     batch = len(p.repeats)
     x = torch.randn(batch, 4, p.latent, p.latent, generator=g)
-    p.sampler = Sampler(p, p.steps)
-    p.samplers.append(p.sampler)
-    try:
-        script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
-    except Exception:
-        errors.append(traceback.format_exc())
+    new_pass(x)
     if p.img2img:
         samples = p.sampler.sample_img2img(p, x, torch.randn_like(x), p.cond, p.uncond)
     else:
@@ -171,12 +175,7 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
     if p.enable_hr:
         p.is_hr_pass = True
         x = torch.nn.functional.interpolate(samples, size=(p.hr_latent, p.hr_latent))
-        p.sampler = Sampler(p, p.steps)
-        p.samplers.append(p.sampler)
-        try:
-            script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
-        except Exception:
-            errors.append(traceback.format_exc())
+        new_pass(x)
         samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), p.cond, p.uncond)
         p.is_hr_pass = False
     hook("postprocess", SimpleNamespace(images=[samples]))
