@@ -28,6 +28,7 @@ from ..core.compat import check_unet
 from ..core.engine import Placement, UnitRequest
 from ..core.errors import IPAdapterError
 from ..core.job import Job
+from ..interop.controlnet import coexistence_note
 from ..interop.xyz import apply_overrides, register_xyz_axes
 from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
@@ -87,6 +88,9 @@ class GenerationState:
             self.logged = True
             for unit in self.job.units:
                 print(unit.log_line())  # the WebUI console is where users look
+        note = coexistence_note(modules)
+        if note:
+            self.note(note)
 
     def switch_model(self, sd_model: Any) -> None:
         """The refiner replaced the model mid-sampling: follow it if the adapters fit it."""

@@ -11,6 +11,7 @@ from ..core.compat import UNetSignature
 from ..core.engine import Engine, Placement
 from ..core.layers import map_ldm_attn2
 from ..core.registry import ModelRegistry
+from ..interop.controlnet import extra_model_dirs
 from .settings import opt
 
 
@@ -28,7 +29,10 @@ class _EngineHolder:
             adapters = root / "ipadapter"
             adapters.mkdir(parents=True, exist_ok=True)
             extra = [Path(p.strip()) for p in str(opt("ipadapter_extra_folders", "")).split(",") if p.strip()]
-            registry = ModelRegistry([adapters, *extra], [root / "clip_vision", *extra], [root / "ControlNet"])
+            cn_models, cn_encoders = extra_model_dirs()  # folders sd-webui-controlnet keeps
+            registry = ModelRegistry(
+                [adapters, *extra], [root / "clip_vision", *extra, *cn_encoders], [root / "ControlNet", *cn_models]
+            )
             cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)))
         return cls.engine
 
