@@ -1,0 +1,96 @@
+"""Fixtures of the opt-in end-to-end suite: one WebUI for the whole session, reached over HTTP.
+
+``WEBUI_URL=http://127.0.0.1:7860``
+    A running WebUI started with ``--api`` and this extension; used as it is. The unit's model is
+    ``WEBUI_IPADAPTER_MODEL``, else the first model ``GET /ipadapter/v1/models`` marks compatible.
+``WEBUI_ROOT=/path/to/stable-diffusion-webui``
+    An install folder. The suite links this checkout into ``extensions/`` (when absent), writes a
+    tiny random adapter and CLIP vision encoder sized to the checkpoint (``WEBUI_CKPT``, else the
+    only ``.safetensors`` in ``models/Stable-diffusion``), starts ``launch.py --api`` on a free
+    127.0.0.1 port with ``WEBUI_PYTHON`` (default ``venv/bin/python``) and ``WEBUI_ARGS``, and
+    stops it afterwards. The files and link it created are removed again unless ``WEBUI_E2E_KEEP=1``.
+
+``WEBUI_URL`` wins when both are set. With neither, every test is skipped with ``ENABLE_HINT``.
+Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT`` (s, default 300),
+``WEBUI_REQUEST_TIMEOUT`` (s, default 300), ``WEBUI_CONTROLNET_MODEL``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .webui import ADAPTER_FILE, ENABLE_HINT, Client, WebUIProcess, find_checkpoint, link_extension, write_tiny_models
+
+
+@dataclass
+class WebUI:
+    client: Client
+    mode: str  # "url" (a running server) or "root" (started here)
+    adapter_file: str | None = None  # the file whose model the units use, when written here
+
+
+@pytest.fixture(scope="session")
+def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
+    url = os.environ.get("WEBUI_URL")
+    root = os.environ.get("WEBUI_ROOT")
+    auth = os.environ.get("WEBUI_AUTH")
+    if url:
+        client = Client(url, auth)
+        if not client.answers("/sdapi/v1/options", timeout=30.0):
+            pytest.fail(f"WEBUI_URL={url}: GET /sdapi/v1/options did not answer 200 (is it running with --api?)")
+        yield WebUI(client, "url")
+        return
+    if not root:
+        pytest.skip(ENABLE_HINT)
+
+    root_path = Path(root).expanduser().resolve()
+    if not (root_path / "launch.py").is_file():
+        pytest.fail(f"WEBUI_ROOT={root}: no launch.py there (not a WebUI install folder)")
+    keep = os.environ.get("WEBUI_E2E_KEEP") == "1"
+    checkpoint = find_checkpoint(root_path)
+    created: list[Path] = []
+    link = link_extension(root_path)
+    if link is not None:
+        created.append(link)
+    written = write_tiny_models(root_path, checkpoint)
+    created.extend(written)
+    server = WebUIProcess(root_path, tmp_path_factory.mktemp("webui") / "webui.log", checkpoint)
+    try:
+        server.start()
+        client = Client(server.url, auth)
+        took = server.wait_ready(client)
+        print(f"\nWebUI ready at {server.url} in {took:.1f} s (log: {server.log_path})")
+        yield WebUI(client, "root", ADAPTER_FILE)
+    finally:
+        server.stop()
+        if not keep:
+            for path in reversed(created):
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+
+
+@pytest.fixture(scope="session")
+def model(webui: WebUI) -> str:
+    """The IP-Adapter model name the units use, checked to fit the loaded checkpoint."""
+    answer = webui.client.get("/ipadapter/v1/models?refresh=true")
+    assert answer.status == 200, answer.text
+    models = answer.json()["models"]
+    wanted = os.environ.get("WEBUI_IPADAPTER_MODEL")
+    if wanted:
+        found = [m for m in models if m["name"] == wanted]
+    elif webui.adapter_file:
+        found = [m for m in models if m["file"] == webui.adapter_file]
+    else:
+        found = [m for m in models if m["compatible"] is True]
+    names = [(m["name"], m["compatible"], m["reason"] or m["error"]) for m in models]
+    if not found:
+        pytest.fail(f"no usable IP-Adapter model (WEBUI_IPADAPTER_MODEL={wanted!r}); the server lists {names}")
+    entry = found[0]
+    if entry["compatible"] is not True:
+        pytest.fail(f"model {entry['name']!r} does not fit the loaded checkpoint: {entry['reason'] or entry['error']}")
+    return entry["name"]

@@ -1,0 +1,308 @@
+"""Helpers for the opt-in end-to-end suite: an HTTP client (standard library only), tiny model
+files sized to a checkpoint, and a WebUI process started from an install folder.
+
+Nothing here is imported from the WebUI, and nothing beyond the standard library is imported at
+module level: the normal test run collects this package and skips it without a WebUI. The model
+writers import torch, safetensors and the test factories only when they run.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+EXTENSION_DIR_NAME = "sd-webui-ipadapter"
+SCRIPT_TITLE = "IP-Adapter"
+
+#: What every skip says when neither variable is set.
+ENABLE_HINT = (
+    "end-to-end WebUI tests are opt-in: set WEBUI_URL=http://127.0.0.1:7860 (a running WebUI started with "
+    "--api and this extension) or WEBUI_ROOT=/path/to/stable-diffusion-webui"
+)
+
+#: Names of the files the fixture writes into a WebUI install (distinct from anyone's real models).
+ADAPTER_FILE = "e2e-tiny-plus.safetensors"
+ENCODER_FILE = "e2e-tiny-clip.safetensors"
+
+START_TIMEOUT_S = float(os.environ.get("WEBUI_START_TIMEOUT", "300"))
+REQUEST_TIMEOUT_S = float(os.environ.get("WEBUI_REQUEST_TIMEOUT", "300"))
+STOP_TIMEOUT_S = 30.0
+
+_ATTN2_K = re.compile(r"^(?P<module>.*\.transformer_blocks\.\d+\.attn2)\.to_k\.weight$")
+
+
+# --------------------------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class Client:
+    """JSON over HTTP with ``urllib``; every call has a timeout, non-2xx answers are returned."""
+
+    def __init__(self, base_url: str, auth: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Accept": "application/json"}
+        if auth:  # WEBUI_AUTH=user:password for a WebUI started with --api-auth
+            self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT_S) -> Response:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = dict(self.headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as answer:
+                return Response(answer.status, answer.read())
+        except urllib.error.HTTPError as err:
+            return Response(err.code, err.read())
+
+    def get(self, path: str, timeout: float = REQUEST_TIMEOUT_S) -> Response:
+        return self.request("GET", path, timeout=timeout)
+
+    def post(self, path: str, body: Any, timeout: float = REQUEST_TIMEOUT_S) -> Response:
+        return self.request("POST", path, body, timeout=timeout)
+
+    def answers(self, path: str, timeout: float = 5.0) -> bool:
+        try:
+            return self.get(path, timeout=timeout).status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def png_b64(size: int = 96, seed: int = 0) -> str:
+    """A deterministic reference image (a gradient with seeded noise) as base64 PNG."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    ramp = np.arange(size, dtype=np.int32) * (256 // size)
+    xx, yy = np.meshgrid(ramp, ramp)
+    noise = rng.integers(0, 64, (size, size), dtype=np.int32)
+    pixels = np.stack([xx, yy, (xx + yy) // 2 + noise], -1).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pixels(b64: str):
+    """The decoded RGB pixels of a base64 image, as a numpy array."""
+    import numpy as np
+    from PIL import Image
+
+    text = b64.split(",", 1)[1] if b64.startswith("data:") else b64
+    return np.array(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------- model files
+
+
+def find_checkpoint(root: Path) -> Path:
+    """``WEBUI_CKPT``, or the only ``.safetensors`` in ``models/Stable-diffusion``."""
+    given = os.environ.get("WEBUI_CKPT")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"WEBUI_CKPT={given}: no such file")
+        return path
+    folder = root / "models" / "Stable-diffusion"
+    found = sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"expected exactly one .safetensors checkpoint in {folder}, found {len(found)}; "
+            "set WEBUI_CKPT=/path/to/checkpoint.safetensors"
+        )
+    return found[0]
+
+
+def checkpoint_attn2(path: Path) -> tuple[int, tuple[int, ...]]:
+    """(context width, attn2 inner widths in adapter key order) read from an LDM checkpoint's
+    ``attn2.to_k`` weights, without loading the tensors."""
+    from safetensors import safe_open
+
+    from ipadapter_ext.core.layers import map_ldm_attn2
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            m = _ATTN2_K.match(key)
+            if m and key.startswith("model.diffusion_model."):
+                shapes[m.group("module")] = tuple(f.get_slice(key).get_shape())
+    if not shapes:
+        raise ValueError(f"{path.name}: no model.diffusion_model.*.attn2.to_k.weight tensors (not an LDM UNet?)")
+    slots = map_ldm_attn2(shapes)
+    contexts = {shape[1] for shape in shapes.values()}
+    if len(contexts) != 1:
+        raise ValueError(f"{path.name}: attn2 layers disagree on the context width: {sorted(contexts)}")
+    return contexts.pop(), tuple(shapes[slot.name][0] for slot in slots)
+
+
+def write_tiny_models(root: Path, checkpoint: Path) -> list[Path]:
+    """A random resampler ("plus") adapter sized to ``checkpoint`` and a tiny CLIP vision encoder,
+    written (atomically) under the install's ``models/``. Returns the paths written."""
+    from ipadapter_ext.core.formats import save_adapter_tensors
+    from tests.factories import adapter_shapes, adapter_tensors
+    from tests.test_encoder import _save, _tiny_model
+
+    ctx, widths = checkpoint_attn2(checkpoint)
+    adapter = root / "models" / "ipadapter" / ADAPTER_FILE
+    encoder = root / "models" / "clip_vision" / ENCODER_FILE
+    for path in (adapter, encoder):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    shapes = adapter_shapes("resampler", ctx, widths, 128, tokens=4, res_dim=32, inner=64)
+    tmp = adapter.with_name(adapter.name + ".part.safetensors")
+    save_adapter_tensors(adapter_tensors(shapes, seed=0), tmp)
+    os.replace(tmp, adapter)
+    tmp = encoder.with_name(encoder.name + ".part.safetensors")
+    _save(_tiny_model(), tmp)
+    os.replace(tmp, encoder)
+    return [adapter, encoder]
+
+
+def link_extension(root: Path) -> Path | None:
+    """Symlink this repository into ``extensions/``; returns the link when it was created here."""
+    link = root / "extensions" / EXTENSION_DIR_NAME
+    if link.exists() or link.is_symlink():
+        return None
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(REPO, target_is_directory=True)
+    return link
+
+
+# ------------------------------------------------------------------------------------ WebUI process
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class WebUIProcess:
+    """``launch.py --api`` on a free 127.0.0.1 port, in its own process group, logging to a file."""
+
+    def __init__(self, root: Path, log_path: Path, checkpoint: Path | None = None) -> None:
+        self.root = root
+        self.log_path = log_path
+        self.python = os.environ.get("WEBUI_PYTHON") or str(root / "venv" / "bin" / "python")
+        extra = shlex.split(os.environ.get("WEBUI_ARGS", ""))
+        forbidden = [a for a in extra if a.split("=")[0] in ("--listen", "--port", "--server-name")]
+        if forbidden:
+            raise ValueError(f"WEBUI_ARGS must not set {forbidden}: the suite binds 127.0.0.1 on a free port itself")
+        if checkpoint is not None and not any(a.split("=")[0] == "--ckpt" for a in extra):
+            extra += ["--ckpt", str(checkpoint)]  # the checkpoint the adapter was sized to
+        self.port = free_port()
+        if port_in_use(self.port):  # pragma: no cover - a race with another process
+            raise RuntimeError(f"port {self.port} was taken before the WebUI could start")
+        self.args = [
+            self.python,
+            "launch.py",
+            "--api",
+            "--port",
+            str(self.port),
+            "--skip-prepare-environment",
+            "--skip-install",
+            "--skip-torch-cuda-test",
+            *extra,
+        ]
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if not Path(self.python).is_file():
+            raise FileNotFoundError(f"WEBUI_PYTHON={self.python}: no such interpreter")
+        env = dict(os.environ)
+        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # the extension is this checkout: keep it clean
+        env.pop("WEBUI_URL", None)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=self.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches every child
+        )
+
+    def wait_ready(self, client: Client, timeout: float = START_TIMEOUT_S) -> float:
+        """Seconds until ``/sdapi/v1/options`` answered 200; raises with the log tail otherwise."""
+        assert self.proc is not None
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the WebUI exited with code {self.proc.returncode} before answering:\n{self.tail()}"
+                )
+            if client.answers("/sdapi/v1/options", timeout=5.0):
+                return time.monotonic() - start
+            time.sleep(1.0)
+        raise TimeoutError(f"the WebUI did not answer /sdapi/v1/options within {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # children that outlived the leader
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:  # pragma: no cover - SIGKILL did not land
+                print(f"warning: WebUI process {proc.pid} did not exit", file=sys.stderr)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
