@@ -7,119 +7,25 @@ script-hook order, ``on_cfg_denoiser`` and the CFG denoiser's row batching.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 import torch
 from ldm.modules.attention import CrossAttention
-from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from modules import script_callbacks, shared
-from PIL import Image
 
-from ipadapter_ext.core.attention import ImageKV
 from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.formats import save_adapter_tensors
-from ipadapter_ext.core.hooks import Attn2Hooks
 from ipadapter_ext.host import a1111
-from tests.doubles.webui_sampling import Processing, run_job
-from tests.factories import adapter_shapes, adapter_tensors
-from tests.test_encoder import _save, _tiny_model
-
-CTX = 48
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_unet(seed: int = 0, context_dim: int = CTX) -> UNetModel:
-    torch.manual_seed(seed)
-    unet = UNetModel(
-        image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[4, 2, 1],
-        num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
-        transformer_depth=1, context_dim=context_dim, legacy=False,
-    ).eval()  # fmt: skip
-    for m in unet.modules():  # ldm zero-initialises output layers, which would hide attention changes
-        if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
-            m.reset_parameters()
-    return unet.requires_grad_(False)
-
-
-def sd_model(unet: UNetModel) -> SimpleNamespace:
-    return SimpleNamespace(model=SimpleNamespace(diffusion_model=unet), is_sdxl=False, is_sd2=False)
-
-
-def attn2_widths(unet: UNetModel) -> tuple[int, ...]:
-    return a1111.unet_layout(sd_model(unet))[2].attn2_widths
-
-
-@pytest.fixture
-def webui(tmp_path, monkeypatch):
-    """Fresh doubles, model folders with tiny files, and the script loaded as the WebUI loads it."""
-    shared.reset()
-    script_callbacks.callbacks.clear()
-    a1111._EngineHolder.reset()
-    import modules.paths_internal as paths_internal
-
-    monkeypatch.setattr(paths_internal, "models_path", str(tmp_path / "models"))
-    unet = tiny_unet()
-    widths = attn2_widths(unet)
-    adapters = tmp_path / "models" / "ipadapter"
-    adapters.mkdir(parents=True)
-    (tmp_path / "models" / "clip_vision").mkdir()
-    shapes = adapter_shapes("resampler", CTX, widths, 128, tokens=4, res_dim=32, inner=64)
-    save_adapter_tensors(adapter_tensors(shapes, seed=1), adapters / "tiny-plus.safetensors")
-    save_adapter_tensors(adapter_tensors(adapter_shapes("base", CTX, widths, 40), seed=2), adapters / "tiny-base.bin")
-    save_adapter_tensors(
-        adapter_tensors(adapter_shapes("base", 64, widths, 40), seed=3), adapters / "tiny-xl.safetensors"
-    )
-    _save(_tiny_model(seed=4), tmp_path / "models" / "clip_vision" / "tiny-clip.safetensors")
-    spec = importlib.util.spec_from_file_location("ipadapter", REPO / "scripts" / "ipadapter.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield SimpleNamespace(script=module.IPAdapterScript(), unet=unet, model=sd_model(unet))
-    a1111.sweep()
-
-
-def image(seed: int) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(40, 56, 3, generator=g) * 255).to(torch.uint8).numpy())
-
-
-def unit_args(*units: dict, enabled: bool = True) -> list:
-    """Script args in the UI layout: [accordion, (enabled, image, more, model, encoder, weight, start, end, crop) × 3]."""
-    args: list = [enabled]
-    for i in range(3):
-        u = {"enabled": False, "image": None, "more": None, "model": "None", "encoder": "auto", "weight": 1.0,
-             "start": 0.0, "end": 1.0, "crop": "center"}  # fmt: skip
-        if i < len(units):
-            u.update({"enabled": True, **units[i]})
-        args += [
-            u["enabled"],
-            u["image"],
-            u["more"],
-            u["model"],
-            u["encoder"],
-            u["weight"],
-            u["start"],
-            u["end"],
-            u["crop"],
-        ]
-    return args
-
-
-def job(model, repeats=(1,), cond_tokens=77, **kw) -> Processing:
-    g = torch.Generator().manual_seed(7)
-    cond = torch.randn(sum(repeats), cond_tokens, CTX, generator=g)
-    uncond = torch.randn(len(repeats), 77, CTX, generator=g)
-    return Processing(sd_model=model, cond=cond, uncond=uncond, repeats=list(repeats), **kw)
-
-
-PLUS = {"image": image(1), "model": "tiny-plus", "weight": 0.8}
-
-
-def no_hooks_left(unet) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
+from tests.a1111_env import (
+    PLUS,
+    image,
+    job,
+    no_hooks_left,
+    reference_check,
+    run_job,
+    sd_model,
+    tiny_unet,
+    unit_args,
+)
 
 
 @torch.no_grad()
@@ -138,31 +44,6 @@ def test_weight_zero_is_bit_identical_and_weight_changes_the_image(webui, capsys
         "IP-Adapter: unit 1 · IP-Adapter Plus · SD1.5-shaped (context 48) · tiny-plus + tiny-clip · 16 layers · "
         "4 tokens · weight 0.8 · steps 0%–100%"
     ) in out
-
-
-def _reference_check(webui, p: Processing, requests: list[UnitRequest], unet=None, calls=None):
-    """Every UNet call's rows equal running each row alone with its own cond/uncond tokens."""
-    unet = unet or webui.unet
-    model = sd_model(unet)
-    _, modules, signature = a1111.unet_layout(model)
-    ref_job = a1111.engine().prepare(requests, signature, a1111.placement(model, unet))
-    n_cond = sum(p.repeats)
-    calls = calls if calls is not None else [c for s in p.samplers for c in s.denoiser.calls]
-    assert calls
-    kv = [unit.kv.kv for unit in ref_job.units]  # per unit, per layer: (K, V) with row 0 uncond, row 1 cond
-    weights = [unit.weight for unit in ref_job.units]
-    current = {"row": 0}
-
-    def provider(layer, _q, _ctx):  # independent of Job's layout tracking
-        r = current["row"]
-        return [ImageKV(k[layer][0][r : r + 1], k[layer][1][r : r + 1], w) for k, w in zip(kv, weights, strict=True)]
-
-    with Attn2Hooks(modules, provider):
-        for call in calls:
-            for i, row in enumerate(call.rows):
-                current["row"] = 1 if row < n_cond else 0
-                expected = unet(call.x[i : i + 1], call.timesteps[i : i + 1], context=call.context[i : i + 1])
-                torch.testing.assert_close(call.out[i : i + 1], expected, atol=2e-4, rtol=1e-4)
 
 
 CFG_MODES = {
@@ -190,7 +71,7 @@ def test_cfg_rows_see_the_right_tokens(webui, mode):
     run_job(webui.script, unit_args(PLUS), p, errors)
     assert not errors
     requests = [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)]
-    _reference_check(webui, p, requests)
+    reference_check(webui, p, requests)
     # the uncond rows really differ from the cond rows' treatment: a swapped layout is caught
     assert no_hooks_left(webui.unet)
 
@@ -253,7 +134,7 @@ def test_follows_an_optimization_switched_between_generations(webui, monkeypatch
     switched = run_job(webui.script, unit_args(PLUS), p)
     assert len(seen) >= 16 * 3  # every attention call went through the new forward
     torch.testing.assert_close(switched, stock, atol=1e-4, rtol=1e-4)
-    _reference_check(webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)])
+    reference_check(webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)])
 
 
 @torch.no_grad()
@@ -294,7 +175,7 @@ def test_refiner_switch_follows_a_fitting_model_and_skips_another(webui, capsys)
     p = job(webui.model, steps=3, switch_model_at={0}, refiner=fitting)
     run_job(webui.script, unit_args(PLUS), p)
     calls = p.samplers[0].denoiser.calls
-    _reference_check(
+    reference_check(
         webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)], fitting.model.diffusion_model, calls[1:]
     )
     assert "applied to the refiner" in capsys.readouterr().out
@@ -314,25 +195,6 @@ def test_refiner_switch_follows_a_fitting_model_and_skips_another(webui, capsys)
     assert no_hooks_left(other.model.diffusion_model) and no_hooks_left(webui.unet)
 
 
-def test_ui_builds_under_gradio_3_with_schema_defaults(webui):
-    import gradio as gr
-
-    from ipadapter_ext.schema import DEFAULTS
-
-    shared.opts.ipadapter_units = 2
-    with gr.Blocks():
-        inputs = webui.script.ui(False)
-    assert gr.__version__.startswith("3.41")
-    assert len(inputs) == 1 + 2 * 9
-    enabled, u1 = inputs[0], inputs[1:10]
-    assert enabled.value is False
-    assert u1[0].value is True and inputs[10].value is False  # unit 1 on, unit 2 off
-    assert u1[3].choices and "tiny-plus" in [c if isinstance(c, str) else c[0] for c in u1[3].choices]
-    assert u1[4].value == DEFAULTS.encoder and u1[5].value == DEFAULTS.weight
-    assert (u1[6].value, u1[7].value, u1[8].value) == (DEFAULTS.start, DEFAULTS.end, DEFAULTS.crop.value)
-    assert enabled.elem_id == "script_txt2img_ipadapter_enabled"
-
-
 @torch.no_grad()
 def test_checkpoint_change_between_generations(webui):
     run_job(webui.script, unit_args(PLUS), job(webui.model))
@@ -341,7 +203,7 @@ def test_checkpoint_change_between_generations(webui):
     p = job(other)
     run_job(webui.script, unit_args(PLUS), p)
     assert no_hooks_left(webui.unet) and no_hooks_left(other.model.diffusion_model)
-    _reference_check(webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)], other.model.diffusion_model)
+    reference_check(webui, p, [UnitRequest(1, [PLUS["image"]], "tiny-plus", weight=0.8)], other.model.diffusion_model)
 
 
 @torch.no_grad()
@@ -372,19 +234,6 @@ def test_kv_take_the_unet_dtype(webui):
     assert k.dtype == v.dtype == torch.bfloat16 and k.device.type == "cpu"
 
 
-def test_settings_section_registers_once_with_defaults(webui):
-    for _name, callback in script_callbacks.callbacks["ui_settings"]:
-        callback()
-    labels = shared.opts.data_labels
-    assert {"ipadapter_units", "ipadapter_extra_folders", "ipadapter_cache_size", "ipadapter_offload_encoder",
-            "ipadapter_hires"} <= set(labels)  # fmt: skip
-    assert all(
-        info.section == ("ipadapter", "IP-Adapter") for key, info in labels.items() if key.startswith("ipadapter")
-    )
-    assert shared.opts.ipadapter_units == 3 and shared.opts.ipadapter_hires is True
-    assert len(script_callbacks.callbacks["cfg_denoiser"]) == 1  # registered once, at import
-
-
 @torch.no_grad()
 def test_hires_pass_can_be_excluded(webui, capsys):
     shared.opts.ipadapter_hires = False
@@ -397,186 +246,3 @@ def test_hires_pass_can_be_excluded(webui, capsys):
     for call in hr:  # the hires pass runs without it: equal to the UNet alone on the same inputs
         torch.testing.assert_close(call.out, webui.unet(call.x, call.timesteps, context=call.context))
     assert "not applied on the hires pass" in capsys.readouterr().out
-
-
-@torch.no_grad()
-def test_api_units_equal_ui_units_and_errors_are_http_422(webui):
-    import base64
-    import io
-
-    from fastapi import HTTPException
-
-    buf = io.BytesIO()
-    PLUS["image"].save(buf, format="PNG")
-    api_unit = {"image": base64.b64encode(buf.getvalue()).decode(), "model": "tiny-plus", "weight": 0.8}
-    ui = run_job(webui.script, unit_args(PLUS), job(webui.model))
-    api = run_job(webui.script, [api_unit, *unit_args()[2:]], job(webui.model, is_api=True))
-    assert torch.equal(ui, api)
-    with pytest.raises(HTTPException) as caught:
-        run_job(webui.script, [{**api_unit, "model": "tiny-xl"}], job(webui.model, is_api=True))
-    assert caught.value.status_code == 422
-    assert "expects a text context 64 wide" in caught.value.detail
-    assert "Models that fit it: tiny-base, tiny-plus." in caught.value.detail
-    with pytest.raises(HTTPException) as caught:
-        run_job(webui.script, [{**api_unit, "model": "../tiny-plus"}], job(webui.model, is_api=True))
-    assert "unknown IP-Adapter model '../tiny-plus'; available: tiny-base, tiny-plus, tiny-xl" in caught.value.detail
-    assert no_hooks_left(webui.unet)
-    assert torch.equal(run_job(webui.script, [api_unit], job(webui.model, is_api=True)), api)  # the next request works
-
-
-@torch.no_grad()
-def test_infotext_round_trip_restores_every_field_but_the_image(webui):
-    import gradio as gr
-    from modules import infotext_utils
-
-    with gr.Blocks():
-        webui.script.ui(False)
-    base = {"image": image(3), "model": "tiny-base", "weight": -0.25, "start": 0.1, "end": 0.9, "crop": "pad"}
-    p = job(webui.model)
-    run_job(webui.script, unit_args({**PLUS, "more": None}, base), p)
-    text = infotext_utils.create_infotext({"Steps": 3, **p.extra_generation_params})
-    assert 'IP-Adapter 1: "model: tiny-plus [' in text and "IP-Adapter 2: " in text
-    params = infotext_utils.parse_generation_parameters(text)
-    pasted = {}
-    for component, key in webui.script.infotext_fields:
-        value = key(params) if callable(key) else params.get(key)
-        if value is not None:
-            pasted[component.elem_id.removeprefix("script_txt2img_ipadapter_")] = value
-    assert pasted["enabled"] is True
-    assert pasted["unit_1_enabled"] is True and pasted["unit_2_enabled"] is True and pasted["unit_3_enabled"] is False
-    for n, unit in ((1, PLUS), (2, base)):
-        assert pasted[f"unit_{n}_model"] == unit["model"]
-        assert pasted[f"unit_{n}_weight"] == unit["weight"]
-        assert pasted[f"unit_{n}_start"] == unit.get("start", 0.0) and pasted[f"unit_{n}_end"] == unit.get("end", 1.0)
-        assert pasted[f"unit_{n}_crop"] == unit.get("crop", "center") and pasted[f"unit_{n}_encoder"] == "auto"
-        assert "drop the reference image again" in pasted[f"unit_{n}_info"]
-    assert "unit_1_image" not in pasted
-    digest = (
-        __import__("hashlib").sha256((Path(a1111.engine().registry.adapter("tiny-plus").path)).read_bytes()).hexdigest()
-    )
-    assert f"tiny-plus [{digest[:10]}]" in params["IP-Adapter 1"]
-    # an infotext without IP-Adapter turns the accordion off when pasted
-    other = infotext_utils.parse_generation_parameters("Steps: 3, Seed: 1")
-    (enabled_key,) = [
-        k for c, k in webui.script.infotext_fields if c.elem_id.endswith("_enabled") and "unit" not in c.elem_id
-    ]
-    assert enabled_key(other) is False
-
-
-def test_routes_are_registered_on_app_started(webui):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    app = FastAPI()
-    for _name, callback in script_callbacks.callbacks["app_started"]:
-        callback(None, app)
-    client = TestClient(app)
-    assert client.get("/ipadapter/v1/version").json()["version"]
-    models = {m["name"]: m for m in client.get("/ipadapter/v1/models").json()["models"]}
-    assert models["tiny-plus"]["compatible"] is None  # no checkpoint loaded yet
-    shared.sd_model = webui.model
-    models = {m["name"]: m for m in client.get("/ipadapter/v1/models").json()["models"]}
-    assert models["tiny-plus"]["compatible"] is True and models["tiny-xl"]["compatible"] is False
-
-
-@torch.no_grad()
-def test_encode_then_embeds_gives_the_same_image_as_the_image(webui):
-    import base64
-    import io
-
-    from fastapi import FastAPI, HTTPException
-    from fastapi.testclient import TestClient
-
-    app = FastAPI()
-    for _name, callback in script_callbacks.callbacks["app_started"]:
-        callback(None, app)
-    client = TestClient(app)
-    shared.sd_model = webui.model
-    buf = io.BytesIO()
-    PLUS["image"].save(buf, format="PNG")
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    answer = client.post("/ipadapter/v1/encode", json={"image": b64, "model": "tiny-plus"})
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    assert body["tokens"] == 4 and body["encoder"] == "tiny-clip"
-    from_image = run_job(
-        webui.script, [{"image": b64, "model": "tiny-plus", "weight": 0.8}], job(webui.model, is_api=True)
-    )
-    from_embeds = run_job(
-        webui.script, [{"embeds": body["embeds"], "model": "tiny-plus", "weight": 0.8}], job(webui.model, is_api=True)
-    )
-    assert torch.equal(from_image, from_embeds)
-    with pytest.raises(HTTPException) as caught:
-        run_job(webui.script, [{"embeds": body["embeds"], "model": "tiny-base"}], job(webui.model, is_api=True))
-    assert "embeds were made for model 'tiny-plus'" in caught.value.detail
-    with pytest.raises(HTTPException) as caught:
-        run_job(webui.script, [{"embeds": b64, "model": "tiny-plus"}], job(webui.model, is_api=True))
-    assert "embeds: not a safetensors blob from /ipadapter/v1/encode" in caught.value.detail
-    bad = client.post("/ipadapter/v1/encode", json={"image": "%%", "model": "tiny-plus"})
-    assert bad.status_code == 422 and "encode, image: the image is not valid base64" in bad.json()["detail"]
-    assert client.post("/ipadapter/v1/encode", json={"image": b64, "model": "x"}).status_code == 422
-
-
-@torch.no_grad()
-def test_default_weight_setting_is_shared_by_ui_and_api(webui):
-    import base64
-    import io
-
-    import gradio as gr
-
-    shared.opts.ipadapter_default_weight = 0.0
-    with gr.Blocks():
-        inputs = webui.script.ui(False)
-    assert inputs[6].value == 0.0  # unit 1's weight slider starts at the setting
-    buf = io.BytesIO()
-    PLUS["image"].save(buf, format="PNG")
-    unit = {"image": base64.b64encode(buf.getvalue()).decode(), "model": "tiny-plus"}
-    baseline = run_job(webui.script, unit_args(enabled=False), job(webui.model))
-    assert torch.equal(run_job(webui.script, [unit], job(webui.model, is_api=True)), baseline)  # weight 0 by setting
-    explicit = run_job(webui.script, [{**unit, "weight": 1.0}], job(webui.model, is_api=True))
-    assert not torch.allclose(explicit, baseline)  # an explicit weight wins over the setting
-
-
-def test_download_button_reports_and_rescans(webui, monkeypatch):
-    import gradio as gr
-
-    import ipadapter_ext.download as dl
-
-    with gr.Blocks():
-        webui.script.ui(False)
-    fetched = []
-
-    def fake_download(model, dest):
-        fetched.append((model.name, dest.name))
-        if model.kind == "encoder":
-            raise OSError("network unreachable")
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / model.name).write_bytes((dest / "tiny-base.bin").read_bytes())
-        return dest / model.name
-
-    monkeypatch.setattr(dl, "download", fake_download)
-    status = a1111.download_models(["ip-adapter_sd15.safetensors", "clip_vision_h.safetensors", "bogus"])
-    assert fetched == [("ip-adapter_sd15.safetensors", "ipadapter"), ("clip_vision_h.safetensors", "clip_vision")]
-    assert "✓ ip-adapter_sd15.safetensors → models/ipadapter" in status
-    assert "✗ clip_vision_h.safetensors: network unreachable. Download it by hand into models/clip_vision" in status
-    assert "✗ bogus: not an official model" in status
-    assert "ip-adapter_sd15" in [e.name for e in a1111.engine().registry.adapters()]  # rescanned
-
-
-def test_settings_changes_apply_without_restart(webui, tmp_path):
-    for _name, callback in script_callbacks.callbacks["ui_settings"]:
-        callback()
-    labels = shared.opts.data_labels
-    engine = a1111.engine()
-    shared.opts.ipadapter_cache_size = 2
-    labels["ipadapter_cache_size"].onchange()
-    assert engine.embeddings.max_items == 2
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "moved.safetensors").write_bytes(
-        (tmp_path / "models" / "ipadapter" / "tiny-plus.safetensors").read_bytes()
-    )
-    shared.opts.ipadapter_extra_folders = str(extra)
-    labels["ipadapter_extra_folders"].onchange()
-    assert a1111.engine() is not engine
-    assert "moved" in [e.name for e in a1111.engine().registry.adapters() if e.info is not None]

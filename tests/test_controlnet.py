@@ -15,8 +15,8 @@ from ipadapter_ext.core.attention import ImageKV
 from ipadapter_ext.core.hooks import Attn2Hooks
 from ipadapter_ext.host import a1111
 from ipadapter_ext.interop.controlnet import controlnet_ipadapter_layers, extra_model_dirs
+from tests.a1111_env import PLUS, job, no_hooks_left, run_job, unit_args
 from tests.doubles.controlnet import ControlNetDouble
-from tests.test_a1111 import PLUS, job, no_hooks_left, run_job, unit_args, webui  # noqa: F401
 
 
 def _attn2(webui):

@@ -21,7 +21,7 @@ from ipadapter_ext.core.errors import IPAdapterError
 from ipadapter_ext.host import a1111
 from ipadapter_ext.interop import xyz as axes
 from ipadapter_ext.schema import WEIGHT_RANGE, IPAdapterUnit
-from tests.test_a1111 import PLUS, job, run_job, unit_args, webui  # noqa: F401  (webui is a fixture)
+from tests.a1111_env import PLUS, job, run_job, unit_args
 
 XYZ_DOUBLE = Path(__file__).parent / "doubles" / "xyz_grid.py"
 LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End"]
@@ -55,7 +55,7 @@ def before_ui():
 
 
 @pytest.fixture
-def grid(plot, webui):  # noqa: F811  (plot first: the script registers its callbacks when loaded)
+def grid(plot, webui):
     before_ui()
     return SimpleNamespace(module=plot, webui=webui, axis={o.label: o for o in plot.axis_options})
 
