@@ -16,20 +16,21 @@ from copy import copy
 from modules import scripts
 
 
+def _shown(x):
+    return round(x, 8) if isinstance(x, float) else x
+
+
 def format_value_add_label(p, opt, x):
-    if type(x) is float:
-        x = round(x, 8)
-    return f"{opt.label}: {x}"
+    """Cell label "<axis>: <value>" (floats shown to 8 decimals)."""
+    return f"{opt.label}: {_shown(x)}"
 
 
 def format_value(p, opt, x):
-    if type(x) is float:
-        x = round(x, 8)
-    return x
+    return _shown(x)
 
 
 def do_nothing(p, x, xs):
-    pass
+    return None
 
 
 def format_nothing(p, opt, x):
@@ -37,44 +38,27 @@ def format_nothing(p, opt, x):
 
 
 def apply_field(field):
-    def fun(p, x, xs):
-        setattr(p, field, x)
-
-    return fun
+    """An apply() that sets one attribute of the processing object."""
+    return lambda p, x, xs: setattr(p, field, x)
 
 
 class AxisOption:
-    def __init__(
-        self,
-        label,
-        type,
-        apply,
-        format_value=format_value_add_label,
-        confirm=None,
-        cost=0.0,
-        choices=None,
-        prepare=None,
-    ):
-        self.label = label
-        self.type = type
-        self.apply = apply
-        self.format_value = format_value
-        self.confirm = confirm
-        self.cost = cost
-        self.prepare = prepare
-        self.choices = choices
+    """Same constructor signature as the WebUI's; the arguments become attributes."""
+
+    is_img2img = None  # shown on both tabs
+
+    def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0,
+                 choices=None, prepare=None):  # fmt: skip
+        vars(self).update(label=label, type=type, apply=apply, format_value=format_value, confirm=confirm,
+                          cost=cost, choices=choices, prepare=prepare)  # fmt: skip
 
 
 class AxisOptionImg2Img(AxisOption):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.is_img2img = True
+    is_img2img = True
 
 
 class AxisOptionTxt2Img(AxisOption):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.is_img2img = False
+    is_img2img = False
 
 
 axis_options = [

@@ -1,10 +1,7 @@
 """Double of modules/infotext_utils.py: how the WebUI writes ``extra_generation_params`` into the
-infotext (values with commas, colons or newlines JSON-quoted) and parses it back (``re_param``)."""
+infotext (values with commas, colons or newlines JSON-quoted) and parses it back."""
 
 import json
-import re
-
-re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def quote(text):
@@ -26,4 +23,24 @@ def create_infotext(params):
 
 
 def parse_generation_parameters(line):
-    return {k: unquote(v) for k, v in re_param.findall(line)}
+    """``Key: value, Key: "quoted, value"`` → dict; commas inside JSON quotes do not split."""
+    fields, current, quoted, escaped = [], "", False, False
+    for ch in line:
+        if quoted:
+            current += ch
+            quoted = not (ch == '"' and not escaped)
+            escaped = ch == "\\" and not escaped
+        elif ch == '"':
+            current, quoted, escaped = current + ch, True, False
+        elif ch == ",":
+            fields.append(current)
+            current = ""
+        else:
+            current += ch
+    fields.append(current)
+    out = {}
+    for field in fields:
+        key, sep, value = field.strip().partition(": ")
+        if sep:
+            out[key] = unquote(value.strip())
+    return out
