@@ -68,6 +68,7 @@ class ImageKV:
     v: torch.Tensor
     weight: float
     scaler: _Scaler = _v_only
+    mask: torch.Tensor | None = None  # [1, 1, N, 1]: scales the term per spatial token (regions)
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -85,6 +86,7 @@ def add_image_attention(
     The sum stays in the attention's [B, heads, N, d] layout and is added to ``z`` through a
     strided view, so the only full-size passes are the attention itself and one add.
     ``upcast`` runs the attention in fp32, honouring the host's "upcast cross attention" setting.
+    A term's ``mask`` multiplies its output per token; where it is 0 the term adds exactly 0.
     """
     acc: torch.Tensor | None = None
     qh: torch.Tensor | None = None
@@ -98,6 +100,8 @@ def add_image_attention(
         out = F.scaled_dot_product_attention(
             qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
         )
+        if term.mask is not None:
+            out = out * term.mask.to(out.dtype)
         acc = out if acc is None else acc + out
     if acc is None:
         return z

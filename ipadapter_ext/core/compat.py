@@ -19,12 +19,28 @@ class UNetSignature:
     """What the host reports about the UNet about to sample.
 
     ``attn2_widths`` lists the query width of every cross-attention layer in adapter key order
-    (down blocks, up blocks, then the middle block).
+    (down blocks, up blocks, then the middle block). ``transformer_index`` gives each of those
+    layers' SpatialTransformer in execution order (``t_idx``, what weight types are written
+    against) and ``transformer_blocks`` each transformer's block ("input", "middle", "output").
     """
 
     context_dim: int
     attn2_widths: tuple[int, ...]
     label: str = ""
+    transformer_index: tuple[int, ...] = ()
+    transformer_blocks: tuple[str, ...] = ()
+
+    @classmethod
+    def from_slots(cls, context_dim: int, widths: Sequence[int], slots: Sequence, label: str = "") -> UNetSignature:
+        """From :func:`~.layers.map_ldm_attn2` slots (in key order) and the layers' widths."""
+        blocks = {s.transformer_index: s.block for s in slots}
+        return cls(
+            context_dim,
+            tuple(widths),
+            label,
+            tuple(s.transformer_index for s in slots),
+            tuple(blocks[t] for t in range(len(blocks))),
+        )
 
     @property
     def family(self) -> str:

@@ -19,13 +19,17 @@ import torch
 from .adapter import IPAdapterModel
 from .attention import WeightMode
 from .cache import EmbeddingCache
+from .combine import CombineMode, combine_encoded
 from .compat import UNetSignature, check_encoder, check_unet
 from .encoder import ClipVisionEncoder
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .kv import UnitKV
+from .masks import RegionMask
+from .projections import EncodedImages
 from .references import encode_references
 from .registry import ModelRegistry
+from .weights import WeightType, transformer_weights
 
 log = logging.getLogger("ipadapter")
 
@@ -46,6 +50,14 @@ class UnitRequest:
     crop: str = "center"
     mode: WeightMode = WeightMode.V_ONLY
     embeds: tuple[torch.Tensor, torch.Tensor, str] | None = None  # (cond, uncond, model) from /encode
+    weight_type: WeightType = WeightType.LINEAR
+    composition_weight: float | None = None  # None: the same as ``weight``
+    layer_weights: tuple[float, ...] | None = None  # one factor per transformer, replacing the preset
+    combine: CombineMode = CombineMode.CONCAT
+    image_weights: tuple[float, ...] | None = None
+    negative_images: list = field(default_factory=list)  # encoded as the uncond tokens
+    noise: float = 0.0  # blends the negative (or the references) with noise for the uncond tokens
+    mask: torch.Tensor | None = None  # [H, W] in [0, 1]; white is where the unit acts
 
 
 class LoadedModels:
@@ -130,24 +142,46 @@ class Engine:
             raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
         adapter = self._adapter(req.model)
         if req.embeds is not None:
-            cond, uncond, made_for = req.embeds
-            if made_for != req.model or cond.shape[-1] != adapter.info.context_dim:
-                raise IPAdapterError(
-                    f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
-                    "Use that model, or encode the image again with this one."
-                )
-            return adapter, "embeds", cond, uncond
+            return (adapter, "embeds", *self._embeds_tokens(req, adapter))
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         try:
-            encoded = encode_references(encoder, req.images, req.crop, self.embeddings)
-            cond, uncond = adapter.to(place.device).cond_uncond_tokens(
-                encoded.map(lambda t: t.to(place.device)), encoder
+            cond_enc = combine_encoded(
+                encode_references(encoder, req.images, req.crop, self.embeddings), req.combine, req.image_weights
             )
+            if req.negative_images:
+                uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
+            elif req.noise > 0:
+                noisy = encode_references(encoder, req.images, req.crop, self.embeddings, req.noise)
+                uncond_enc = combine_encoded(noisy, req.combine, req.image_weights)
+            else:
+                uncond_enc = adapter.uncond_inputs(cond_enc, encoder)
+            adapter.to(place.device)
+            cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         finally:
             if place.offload_encoder:
                 encoder.to("cpu")
         return adapter, encoder_name, cond, uncond
+
+    @staticmethod
+    def _project(adapter: IPAdapterModel, enc: EncodedImages, place: Placement) -> torch.Tensor:
+        tokens = adapter.project(enc.map(lambda t: t.to(place.device)))
+        return tokens.reshape(1, -1, tokens.shape[-1])
+
+    @staticmethod
+    def _embeds_tokens(req: UnitRequest, adapter: IPAdapterModel) -> tuple[torch.Tensor, torch.Tensor]:
+        cond, uncond, made_for = req.embeds  # type: ignore[misc]
+        if made_for != req.model or cond.shape[-1] != adapter.info.context_dim:
+            raise IPAdapterError(
+                f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
+                "Use that model, or encode the image again with this one."
+            )
+        if req.negative_images or req.noise > 0:
+            raise IPAdapterError(
+                "embeds already hold their uncond tokens, so negative_image and noise cannot apply. "
+                "Send them to /ipadapter/v1/encode with the image instead, or send the image itself."
+            )
+        return cond, uncond
 
     def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
         if req.model:
@@ -156,10 +190,48 @@ class Engine:
                 check_unet(info, unet, f"'{req.model}'")
             except IncompatibleModelError as exc:
                 raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
+        weights = self._layer_weights(req, unet)
+        mask = self._mask(req)
         adapter, encoder_name, cond, uncond = self.tokens(req, place)
-        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype)
+        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, weights.swapped_layers(unet.transformer_index))
         description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
-        return PreparedUnit(req.number, adapter, kv, req.weight, req.start, req.end, req.mode, description)
+        return PreparedUnit(
+            req.number,
+            adapter,
+            kv,
+            req.weight,
+            req.start,
+            req.end,
+            req.mode,
+            description,
+            layer_weights=weights.per_layer(unet.transformer_index),
+            mask=mask,
+            weight_type=WeightType(req.weight_type).value,
+        )
+
+    @staticmethod
+    def _layer_weights(req: UnitRequest, unet: UNetSignature):
+        if not unet.transformer_index:  # a host that cannot map its layers: only a uniform weight
+            if req.weight_type != WeightType.LINEAR or req.layer_weights is not None:
+                raise IPAdapterError(
+                    "this UNet's layers could not be mapped to transformer blocks, so only the 'linear' weight "
+                    "type without layer_weights can be used."
+                )
+            return transformer_weights(WeightType.LINEAR, req.weight, ("input",) * len(unet.attn2_widths))
+        return transformer_weights(
+            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights
+        )
+
+    @staticmethod
+    def _mask(req: UnitRequest) -> RegionMask | None:
+        if req.mask is None:
+            return None
+        if float(req.mask.max()) <= 0:
+            raise IPAdapterError(
+                "the mask is black everywhere, so the unit would do nothing. Paint white where the reference "
+                "should act, or remove the mask."
+            )
+        return RegionMask(req.mask)
 
     def prepare(self, requests: Sequence[UnitRequest], unet: UNetSignature, place: Placement) -> Job:
         """All units or none: the first failing unit raises, naming its number."""

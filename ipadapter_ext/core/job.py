@@ -10,7 +10,7 @@ everything; chunks of the batch size; cond chunks then a separate uncond call; u
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +21,7 @@ from .adapter import IPAdapterModel
 from .attention import SCALERS, ImageKV, WeightMode
 from .hooks import Attn2Hooks
 from .kv import UnitKV
+from .masks import RegionMask
 
 log = logging.getLogger("ipadapter")
 
@@ -37,16 +38,64 @@ class PreparedUnit:
     end: float = 1.0
     mode: WeightMode = WeightMode.V_ONLY
     description: str = ""
+    #: Weight of each layer (adapter key order), from the weight type; default: ``weight`` everywhere.
+    layer_weights: tuple[float, ...] = ()
+    mask: RegionMask | None = None
+    weight_type: str = "linear"
+
+    def __post_init__(self) -> None:
+        if not self.layer_weights:
+            self.layer_weights = (self.weight,) * len(self.kv)
+        self._scaler = SCALERS[self.mode]
+
+    @property
+    def applies(self) -> bool:
+        return any(w != 0 for w in self.layer_weights)
 
     def active_at(self, progress: float) -> bool:
-        return self.weight != 0 and self.start <= progress <= self.end
+        return self.applies and self.start <= progress <= self.end
+
+    def term(
+        self, layer: int, layout: Sequence[bool], tokens: int, latent_hw: tuple[int, int] | None
+    ) -> ImageKV | None:
+        """This unit's term at ``layer`` for rows laid out as ``layout``, or ``None`` (weight 0)."""
+        weight = self.layer_weights[layer]
+        if weight == 0:
+            return None
+        k, v = self.kv.rows(layer, layout)
+        mask = None
+        if self.mask is not None:
+            hw = latent_hw or (round(tokens**0.5), round(tokens**0.5))
+            mask = self.mask.for_layer(tokens, hw, k.device, k.dtype)
+        return ImageKV(k, v, weight, self._scaler, mask)
 
     def log_line(self) -> str:
+        extras = "" if self.weight_type == "linear" else f" · {self.weight_type}"
+        extras += "" if self.mode is WeightMode.V_ONLY else f" · {self.mode.value}"
+        extras += " · masked" if self.mask is not None else ""
         return (
             f"IP-Adapter: unit {self.number} · {self.description or self.adapter.info.describe()} · "
-            f"{self.adapter.info.num_layers} layers · {self.kv.num_tokens} tokens · weight {self.weight:g} · "
+            f"{self.adapter.info.num_layers} layers · {self.kv.num_tokens} tokens · weight {self.weight:g}{extras} · "
             f"steps {self.start:.0%}–{self.end:.0%}"
         )
+
+
+def layer_terms(
+    units: Iterable[PreparedUnit],
+    layer: int,
+    layout: Sequence[bool],
+    tokens: int,
+    latent_hw: tuple[int, int] | None = None,
+) -> list[ImageKV]:
+    """The image terms of ``units`` at one layer: the one entry point every host uses (A1111's
+    hooks, Forge's attn2 patches), so weight types, masks and swaps behave the same on both.
+    ``layout[i]`` says whether row i is cond; ``latent_hw`` is the UNet input's height and width."""
+    out = []
+    for unit in units:
+        term = unit.term(layer, layout, tokens, latent_hw)
+        if term is not None:
+            out.append(term)
+    return out
 
 
 @dataclass
@@ -56,6 +105,7 @@ class _Rows:
     layout: tuple[bool, ...] = ()
     cursor: int = 0
     current: tuple[bool, ...] | None = None
+    latent_hw: tuple[int, int] | None = None
     warned: bool = False
 
 
@@ -108,6 +158,7 @@ class Job:
         n = int(x.shape[0])
         layout = rows.layout[rows.cursor : rows.cursor + n]
         rows.cursor += n
+        rows.latent_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
         if len(layout) == n:
             rows.current = layout
             return
@@ -121,12 +172,9 @@ class Job:
                 rows.layout,
             )
 
-    def _terms(self, layer: int, _q: torch.Tensor, _context: torch.Tensor | None) -> list[ImageKV]:
+    def _terms(self, layer: int, q: torch.Tensor, _context: torch.Tensor | None) -> list[ImageKV]:
         layout = self._rows.current
         if layout is None:
             return []
-        return [
-            ImageKV(*unit.kv.rows(layer, layout), unit.weight, SCALERS[unit.mode])
-            for unit in self.units
-            if unit.active_at(self.progress)
-        ]
+        active = (unit for unit in self.units if unit.active_at(self.progress))
+        return layer_terms(active, layer, layout, int(q.shape[1]), self._rows.latent_hw)

@@ -50,12 +50,13 @@ def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], 
     """The UNet, its attn2 modules in adapter key order, and its signature for the checks."""
     unet = sd_model.model.diffusion_model
     found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
-    modules = [found[s.name] for s in map_ldm_attn2(found)]
+    slots = map_ldm_attn2(found)
+    modules = [found[s.name] for s in slots]
     label = (
         "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD2.x" if getattr(sd_model, "is_sd2", False) else "SD1.5"
     )
     context = modules[0].to_k.in_features if modules else 0
-    return unet, modules, UNetSignature(context, tuple(m.to_k.out_features for m in modules), label)
+    return unet, modules, UNetSignature.from_slots(context, [m.to_k.out_features for m in modules], slots, label)
 
 
 def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
