@@ -49,9 +49,7 @@ class UnitKV:
         self.swapped = tuple(bool(s) for s in swapped) or (False,) * len(self.kv)
         if any(self.swapped):
             self.kv = [
-                (torch.cat((k, torch.zeros_like(k[:1]))), torch.cat((v, torch.zeros_like(v[:1]))))
-                if swap
-                else (k, v)
+                (torch.cat((k, torch.zeros_like(k[:1]))), torch.cat((v, torch.zeros_like(v[:1])))) if swap else (k, v)
                 for (k, v), swap in zip(self.kv, self.swapped, strict=True)
             ]
         self.num_tokens = tokens.shape[1]
