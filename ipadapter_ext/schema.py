@@ -7,48 +7,36 @@ model, and the API and infotext (later) read and write the same model. Works wit
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Any
 
 import pydantic
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from .core.attention import WeightMode
+from .core.combine import CombineMode
 from .core.embeds import unpack_embeds
 from .core.engine import AUTO, UnitRequest
 from .core.errors import IPAdapterError
 from .core.preprocess import CropMode
+from .core.weights import WeightType
+from .unit_inputs import MAX_IMAGE_PIXELS, as_image, decode_image, decode_mask, number_list
 
 PYDANTIC_V2 = pydantic.VERSION.startswith("2")
 WEIGHT_RANGE = (-1.0, 3.0)
-#: Reference images larger than this are refused before decoding (a 8192×8192 image is 67 M).
-MAX_IMAGE_PIXELS = 8192 * 8192
+#: The number-list fields, parsed from lists or "1, 0.5" text (UI text boxes, infotext).
+NUMBER_LISTS = ("layer_weights", "image_weights")
 
+__all__ = ["DEFAULTS", "MAX_IMAGE_PIXELS", "IPAdapterUnit", "decode_image", "given_fields", "with_default_weight"]
 
-def decode_image(value: str, where: str) -> Image.Image:
-    """A base64 PNG/JPEG/WebP (``data:`` prefix allowed) → RGB image, with errors that say why."""
-    text = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise IPAdapterError(f"{where}: the image is not valid base64 ({exc}).") from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
-    except Exception as exc:
-        raise IPAdapterError(f"{where}: the image data is not a PNG, JPEG or WebP image.") from exc
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise IPAdapterError(
-            f"{where}: the image is {width}×{height}; at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are "
-            "accepted. Downscale it first (the encoder sees 224×224 anyway)."
-        )
-    try:
-        return image.convert("RGB")
-    except Exception as exc:
-        raise IPAdapterError(f"{where}: the image could not be decoded ({exc}); it may be truncated.") from exc
+if PYDANTIC_V2:
+
+    def _before(*names: str) -> Any:
+        return pydantic.field_validator(*names, mode="before")
+
+else:
+
+    def _before(*names: str) -> Any:
+        return pydantic.validator(*names, pre=True, allow_reuse=True)
 
 
 class IPAdapterUnit(BaseModel):
@@ -63,6 +51,23 @@ class IPAdapterUnit(BaseModel):
     end: float = Field(1.0, ge=0.0, le=1.0)
     crop: CropMode = CropMode.CENTER
     embeds: str | None = None  # base64 safetensors from /ipadapter/v1/encode, instead of image
+    weight_type: WeightType = WeightType.LINEAR
+    composition_weight: float = Field(1.0, ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1])
+    weight_mode: WeightMode = WeightMode.V_ONLY
+    layer_weights: list[float] | None = None  # 16 (SD1.x) or 11 (SDXL) factors replacing the preset
+    combine: CombineMode = CombineMode.CONCAT
+    image_weights: list[float] | None = None  # one per reference image
+    negative_image: Any = None  # base64 image encoded as the uncond tokens instead of zeros
+    noise: float = Field(0.0, ge=0.0, le=1.0)
+    mask: Any = None  # base64 image; white is where the unit acts
+
+    @_before(*NUMBER_LISTS)
+    def _numbers(cls, value: Any) -> list[float] | None:
+        return number_list(value, "numbers", WEIGHT_RANGE[0], WEIGHT_RANGE[1])
+
+    @_before("weight_type", "weight_mode", "combine", "crop")
+    def _choice(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
 
     if PYDANTIC_V2:
         model_config = {"extra": "forbid", "arbitrary_types_allowed": True}
@@ -78,30 +83,39 @@ class IPAdapterUnit(BaseModel):
             return []
         items = self.image if isinstance(self.image, list | tuple) else [self.image]
         where = f"IP-Adapter unit {number}, image"
-        out = []
-        for im in items:
-            if isinstance(im, str):
-                out.append(decode_image(im, where))
-            elif isinstance(im, Image.Image) or hasattr(im, "__array__"):
-                out.append(im)
-            elif im is not None:
-                raise IPAdapterError(f"{where}: expected a base64-encoded image, got {type(im).__name__}.")
-        return out
+        return [as_image(im, where) for im in items if im is not None]
 
     def to_request(self, number: int) -> UnitRequest:
         if self.start > self.end:
             raise IPAdapterError(f"IP-Adapter unit {number}: start ({self.start}) is after end ({self.end}).")
+        where = f"IP-Adapter unit {number}"
+        images = self.images(number)
+        if self.image_weights is not None and len(self.image_weights) != len(images) and not self.embeds:
+            raise IPAdapterError(
+                f"{where}: image_weights has {len(self.image_weights)} numbers for {len(images)} reference "
+                "image(s); give one weight per image."
+            )
         return UnitRequest(
             number=number,
-            images=self.images(number),
+            images=images,
             model=self.model,
             encoder=self.encoder or AUTO,
             weight=self.weight,
             start=self.start,
             end=self.end,
             crop=self.crop.value,
-            mode=WeightMode.V_ONLY,
-            embeds=unpack_embeds(self.embeds, f"IP-Adapter unit {number}, embeds") if self.embeds else None,
+            mode=self.weight_mode,
+            embeds=unpack_embeds(self.embeds, f"{where}, embeds") if self.embeds else None,
+            weight_type=self.weight_type,
+            composition_weight=self.composition_weight,
+            layer_weights=tuple(self.layer_weights) if self.layer_weights is not None else None,
+            combine=self.combine,
+            image_weights=tuple(self.image_weights) if self.image_weights is not None else None,
+            negative_images=[]
+            if self.negative_image is None
+            else [as_image(self.negative_image, f"{where}, negative_image")],
+            noise=self.noise,
+            mask=decode_mask(self.mask, f"{where}, mask"),
         )
 
 

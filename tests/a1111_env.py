@@ -19,7 +19,10 @@ from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.formats import save_adapter_tensors
 from ipadapter_ext.core.hooks import Attn2Hooks
 from ipadapter_ext.host import a1111
+from ipadapter_ext.ui.layout import UNIT_FIELDS
 from tests.doubles.webui_sampling import Processing, run_job
+
+from .ui_values import UI_VALUES
 
 __all__ = ["run_job"]  # re-exported for the test modules
 from tests.factories import adapter_shapes, adapter_tensors
@@ -85,24 +88,14 @@ def image(seed: int) -> Image.Image:
 
 
 def unit_args(*units: dict, enabled: bool = True) -> list:
-    """Script args in the UI layout: [accordion, (enabled, image, more, model, encoder, weight, start, end, crop) × 3]."""
+    """Script args in the UI layout: [accordion, (UNIT_FIELDS) × 3]; ``more`` names more_images."""
     args: list = [enabled]
     for i in range(3):
-        u = {"enabled": False, "image": None, "more": None, "model": "None", "encoder": "auto", "weight": 1.0,
-             "start": 0.0, "end": 1.0, "crop": "center"}  # fmt: skip
+        u = dict(UI_VALUES)
         if i < len(units):
-            u.update({"enabled": True, **units[i]})
-        args += [
-            u["enabled"],
-            u["image"],
-            u["more"],
-            u["model"],
-            u["encoder"],
-            u["weight"],
-            u["start"],
-            u["end"],
-            u["crop"],
-        ]
+            given = {("more_images" if k == "more" else k): v for k, v in units[i].items()}
+            u.update({"enabled": True, **given})
+        args += [u[name] for name in UNIT_FIELDS]
     return args
 
 

@@ -9,6 +9,7 @@ import torch
 from modules import script_callbacks, shared
 
 from ipadapter_ext.host import a1111
+from ipadapter_ext.ui.layout import UNIT_FIELDS
 from tests.a1111_env import (
     PLUS,
     image,
@@ -28,13 +29,18 @@ def test_ui_builds_under_gradio_3_with_schema_defaults(webui):
     with gr.Blocks():
         inputs = webui.script.ui(False)
     assert gr.__version__.startswith("3.41")
-    assert len(inputs) == 1 + 2 * 9
-    enabled, u1 = inputs[0], inputs[1:10]
+    width = len(UNIT_FIELDS)
+    assert len(inputs) == 1 + 2 * width
+    enabled, u1 = inputs[0], dict(zip(UNIT_FIELDS, inputs[1 : 1 + width], strict=True))
     assert enabled.value is False
-    assert u1[0].value is True and inputs[10].value is False  # unit 1 on, unit 2 off
-    assert u1[3].choices and "tiny-plus" in [c if isinstance(c, str) else c[0] for c in u1[3].choices]
-    assert u1[4].value == DEFAULTS.encoder and u1[5].value == DEFAULTS.weight
-    assert (u1[6].value, u1[7].value, u1[8].value) == (DEFAULTS.start, DEFAULTS.end, DEFAULTS.crop.value)
+    assert u1["enabled"].value is True and inputs[1 + width].value is False  # unit 1 on, unit 2 off
+    assert u1["model"].choices and "tiny-plus" in [c if isinstance(c, str) else c[0] for c in u1["model"].choices]
+    for name in ("encoder", "weight", "start", "end", "crop", "weight_type", "composition_weight", "weight_mode",
+                 "combine", "noise"):  # fmt: skip
+        default = getattr(DEFAULTS, name)
+        assert u1[name].value == getattr(default, "value", default), name
+    assert u1["layer_weights"].value == "" and u1["image_weights"].value == "" and DEFAULTS.layer_weights is None
+    assert u1["mask"].tool == "sketch" and u1["negative_image"].value is None
     assert enabled.elem_id == "script_txt2img_ipadapter_enabled"
 
 

@@ -14,6 +14,8 @@ from ipadapter_ext.schema import DEFAULTS, IPAdapterUnit, decode_image
 from ipadapter_ext.ui.args import parse_script_args
 from ipadapter_ext.ui.layout import UNIT_FIELDS
 
+from .ui_values import UI_VALUES
+
 
 def _b64(image: Image.Image, fmt: str = "PNG") -> str:
     buf = io.BytesIO()
@@ -59,9 +61,9 @@ def test_bad_images_name_the_problem(text, message):
 
 
 def test_huge_image_is_refused_before_decoding(monkeypatch):
-    import ipadapter_ext.schema as schema
+    import ipadapter_ext.unit_inputs as unit_inputs
 
-    monkeypatch.setattr(schema, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(unit_inputs, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(IPAdapterError, match="is 12×20; at most .*Downscale"):
         decode_image(_b64(_image()), "unit 1")
 
@@ -69,8 +71,7 @@ def test_huge_image_is_refused_before_decoding(monkeypatch):
 def _ui_args(*units):
     args = [True]
     for u in units:
-        row = {"enabled": True, "image": None, "more_images": None, "model": "None", "encoder": "auto", "weight": 1.0,
-               "start": 0.0, "end": 1.0, "crop": "center", **u}  # fmt: skip
+        row = {**UI_VALUES, "enabled": True, **u}
         args += [row[f] for f in UNIT_FIELDS]
     return args
 
@@ -94,7 +95,7 @@ def test_parse_ui_args(tmp_path):
     assert len(first.images) == 2 and first.weight == 0.5 and first.model == "a"
     assert np.array_equal(np.asarray(first.images[1]), np.asarray(_image(3)))
     assert third.crop == "pad" and third.images[0].size == (12, 20)
-    assert parse_script_args(_ui_args({"image": _image(1)})[:1] + [False] * 9) == []
+    assert parse_script_args(_ui_args({"image": _image(1)})[:1] + [False] * len(UNIT_FIELDS)) == []
     assert parse_script_args([False, *_ui_args({"image": _image(1)})[1:]]) == []
 
 

@@ -23,10 +23,12 @@ PENALTY_REFERENCE_WIDTH = 1280.0
 
 
 class WeightMode(str, Enum):
-    V_ONLY = "v_only"  # w · Attn(q, K, V): the paper's λ, diffusers' scale
-    KV = "kv"  # Attn(q, wK, wV): w also sharpens/flattens the softmax
-    KV_PENALTY = "kv_penalty"  # as KV with w' = w · C / 1280
-    K_MEAN_V_PENALTY = "k_mean_v_penalty"  # K ← w'K, V ← (V − mean V) + w'·mean V
+    """Named as ComfyUI_IPAdapter_plus's ``embeds_scaling``, so settings carry over."""
+
+    V_ONLY = "V only"  # w · Attn(q, K, V): the paper's λ, diffusers' scale
+    KV = "K+V"  # Attn(q, wK, wV): w also sharpens/flattens the softmax
+    KV_PENALTY = "K+V w/ C penalty"  # as KV with w' = w · C / 1280
+    K_MEAN_V_PENALTY = "K+mean(V) w/ C penalty"  # K ← w'K, V ← (V − mean V) + w'·mean V
 
 
 # (k, v, weight) → (k, v) such that Attn(q, k, v) is the weighted term.

@@ -173,3 +173,25 @@ def _selection(kind: WeightType, family: _Family, w: float, wc: float) -> list[f
         for t, f in family.composition.items():
             out[t] = f * wc
     return out
+
+
+#: One sentence per weight type, shown in the UI under the dropdown (and in the README).
+DESCRIPTIONS: dict[WeightType, str] = {
+    WeightType.LINEAR: "The same weight on every layer (the original IP-Adapter).",
+    WeightType.EASE_IN: "Strongest on the first (coarse, input) layers, fading towards the output layers.",
+    WeightType.EASE_OUT: "Weak on the input layers, growing towards the output layers (more detail, less layout).",
+    WeightType.EASE_IN_OUT: "Strongest around the middle block, fading towards both ends.",
+    WeightType.REVERSE_IN_OUT: "Strongest at both ends, weakest around the middle block.",
+    WeightType.WEAK_INPUT: "Input blocks at 0.2×, the rest at full weight.",
+    WeightType.WEAK_MIDDLE: "The middle block at 0.2×, the rest at full weight.",
+    WeightType.WEAK_OUTPUT: "Output blocks at 0.2×, the rest at full weight.",
+    WeightType.STRONG_MIDDLE: "Only the middle block at full weight; input and output blocks at 0.2×.",
+    WeightType.STYLE: "Only the style layers (InstantStyle): colours, textures and mood, not the layout.",
+    WeightType.COMPOSITION: "Only the layout layers: the reference's composition, not its style.",
+    WeightType.STRONG_STYLE: "Every layer except the layout ones: more of the reference, still not its layout.",
+    WeightType.STYLE_AND_COMPOSITION: "Style layers at the weight and layout layers at the composition weight, "
+    "e.g. one reference's style with another unit's layout.",
+    WeightType.STRONG_STYLE_AND_COMPOSITION: "Every layer at the weight, the layout layers at the composition weight.",
+    WeightType.PRECISE_STYLE: "Style layers as in style transfer, and the reference moved to the negative side on the "
+    "layout layers, so its layout is actively avoided (composition weight sets how strongly).",
+}

@@ -9,7 +9,7 @@ from ..core.compat import check_unet
 from ..core.errors import IPAdapterError
 from ..core.known_models import KNOWN_MODELS, find_known_model
 from ..schema import DEFAULTS
-from ..ui.infotext import KEY, paste_notice, pasted_unit
+from ..ui.infotext import KEY, PASTE_FIELDS, paste_notice, paste_value, pasted_unit
 from .models import engine, unet_layout
 from .settings import opt
 
@@ -96,11 +96,11 @@ def paste_fields(built: Any) -> list[tuple[Any, Any]]:
     for n, unit in enumerate(built.units, start=1):
 
         def field(name: str, n: int = n) -> Any:
-            return lambda d: (pasted_unit(d, n) or {}).get(name)
+            return lambda d: None if (u := pasted_unit(d, n)) is None else paste_value(u, name)
 
         fields += [
             (unit["enabled"], lambda d, n=n: pasted_unit(d, n) is not None),
             (unit["info"], lambda d, n=n: None if (u := pasted_unit(d, n)) is None else paste_notice(u)),
         ]
-        fields += [(unit[name], field(name)) for name in ("model", "encoder", "weight", "start", "end", "crop")]
+        fields += [(unit[name], field(name)) for name in PASTE_FIELDS]
     return fields

@@ -12,9 +12,13 @@ from typing import Any
 
 import gradio as gr
 
+from ..core.attention import WeightMode
+from ..core.combine import CombineMode
 from ..core.preprocess import CropMode
+from ..core.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
 from ..schema import DEFAULTS, WEIGHT_RANGE
 from .layout import NONE, UNIT_FIELDS
+from .mask_input import HINT, mask_input
 
 
 @dataclass
@@ -92,9 +96,25 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
     with gr.Row():
         start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
         end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))
-    crop = gr.Dropdown(
-        label="Crop", choices=[m.value for m in CropMode], value=DEFAULTS.crop.value, elem_id=eid("crop")
-    )
+    with gr.Row():
+        crop = gr.Dropdown(
+            label="Crop", choices=[m.value for m in CropMode], value=DEFAULTS.crop.value, elem_id=eid("crop")
+        )
+        weight_type = gr.Dropdown(label="Weight type", choices=[t.value for t in WeightType],
+                                  value=DEFAULTS.weight_type.value, elem_id=eid("weight_type"))  # fmt: skip
+    composition = gr.Slider(label="Composition weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
+                            value=DEFAULTS.composition_weight, visible=False, elem_id=eid("composition_weight"))  # fmt: skip
+    type_info = gr.Markdown(DESCRIPTIONS[DEFAULTS.weight_type], elem_id=eid("weight_type_info"))
+    advanced = _advanced(eid)
+
+    def on_weight_type(kind: str):
+        known = kind in {t.value for t in WeightType}
+        return (
+            gr.update(visible=known and WeightType(kind) in USES_COMPOSITION_WEIGHT),
+            DESCRIPTIONS[WeightType(kind)] if known else "",
+        )
+
+    weight_type.change(on_weight_type, inputs=[weight_type], outputs=[composition, type_info])
 
     def on_refresh(current_model: str, current_encoder: str):
         hooks.refresh()
@@ -108,5 +128,28 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
     refresh.click(on_refresh, inputs=[model, encoder], outputs=[model, encoder, info])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
-    values = [enabled, image, more, model, encoder, weight, start, end, crop]
-    return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info}
+    values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced]
+    return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info, "weight_type_info": type_info}
+
+
+def _advanced(eid: Callable[[str], str]) -> list:
+    """Weight mode, per-layer weights, combining several images, the negative side and the mask."""
+    with gr.Accordion("Advanced", open=False, elem_id=eid("advanced")):
+        with gr.Row():
+            mode = gr.Dropdown(label="Weight mode", choices=[m.value for m in WeightMode],
+                               value=DEFAULTS.weight_mode.value, elem_id=eid("weight_mode"))  # fmt: skip
+            combine = gr.Dropdown(label="Combine images", choices=[c.value for c in CombineMode],
+                                  value=DEFAULTS.combine.value, elem_id=eid("combine"))  # fmt: skip
+        layer_weights = gr.Textbox(
+            label="Layer weights (optional: 16 numbers for SD1.5, 11 for SDXL; replaces the weight type)",
+            placeholder="e.g. 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0", elem_id=eid("layer_weights"),
+        )  # fmt: skip
+        image_weights = gr.Textbox(label="Image weights (optional: one per reference image)",
+                                   placeholder="e.g. 1, 0.5", elem_id=eid("image_weights"))  # fmt: skip
+        with gr.Row():
+            negative = gr.Image(label="Negative image (optional)", type="pil", elem_id=eid("negative_image"))
+            mask = mask_input("Mask (optional)", eid("mask"))
+        gr.Markdown(HINT, elem_id=eid("mask_hint"))
+        noise = gr.Slider(label="Noise (uncond: the negative image, or the references, blended with noise)",
+                          minimum=0, maximum=1, step=0.05, value=DEFAULTS.noise, elem_id=eid("noise"))  # fmt: skip
+    return [mode, layer_weights, combine, image_weights, negative, noise, mask]

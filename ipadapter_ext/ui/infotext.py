@@ -1,8 +1,11 @@
 """Units in the PNG info ("IP-Adapter 1: model: …, weight: …"), and back for "Send to txt2img".
 
-One key per unit, its value a readable ``name: value`` list. The WebUI quotes the value (it
-contains commas) and unquotes it on paste; this module only writes and reads the inner text.
-Reference images are not stored, so pasting tells the user to drop them again.
+One key per unit, its value a readable ``name: value`` list using the API's field names. The
+fields that predate weight types are always written; newer ones only when they differ from the
+default, so ordinary infotexts stay short. Lists are written space-separated (the list itself is
+comma-separated). The WebUI quotes the value and unquotes it on paste; this module only writes
+and reads the inner text. Images (references, negative image, mask) are not stored: pasting
+tells the user which ones to drop again.
 """
 
 from __future__ import annotations
@@ -10,20 +13,43 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..schema import IPAdapterUnit
+from ..schema import DEFAULTS, IPAdapterUnit
 
 KEY = "IP-Adapter {}"
-_FIELDS = ("model", "encoder", "weight", "start", "end", "crop", "images")
+_ALWAYS = ("model", "encoder", "weight", "start", "end", "crop", "images")
+_OPTIONAL = ("weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise")
+_IMAGES = ("negative_image", "mask")  # written as "yes" when given
+_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES)
+_FLOATS = ("weight", "start", "end", "composition_weight", "noise")
+_CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine")
+#: The fields a paste restores into the UI (in addition to the unit's enabled box).
+PASTE_FIELDS = ("model", "encoder", "weight", "start", "end", "crop", *_OPTIONAL)
 _SPLIT = re.compile(r", (?=(?:" + "|".join(_FIELDS) + r"): )")
 _HASH = re.compile(r"^(?P<name>.*?)(?: \[(?P<hash>[0-9a-fA-F]{6,})\])?$")
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return " ".join(f"{float(v):g}" for v in value)
+    return str(getattr(value, "value", value))
+
+
 def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int) -> str:
     model = f"{unit.model} [{model_hash}]" if model_hash else unit.model
-    return (
-        f"model: {model}, encoder: {unit.encoder}, weight: {unit.weight:g}, start: {unit.start:g}, "
-        f"end: {unit.end:g}, crop: {unit.crop.value}, images: {images}"
-    )
+    parts = [
+        f"model: {model}",
+        f"encoder: {unit.encoder}",
+        f"weight: {unit.weight:g}",
+        f"start: {unit.start:g}",
+        f"end: {unit.end:g}",
+        f"crop: {unit.crop.value}",
+        f"images: {images}",
+    ]
+    parts += [f"{n}: {_text(getattr(unit, n))}" for n in _OPTIONAL if getattr(unit, n) != getattr(DEFAULTS, n)]
+    parts += [f"{n}: yes" for n in _IMAGES if getattr(unit, n) is not None]
+    return ", ".join(parts)
 
 
 def parse_unit_infotext(text: str) -> dict[str, Any]:
@@ -42,16 +68,19 @@ def parse_unit_infotext(text: str) -> dict[str, Any]:
         out["model"] = match.group("name") if match else values["model"]
         if match and match.group("hash"):
             out["model_hash"] = match.group("hash")
-    for name in ("weight", "start", "end"):
+    for name in _FLOATS:
         try:
             out[name] = float(values[name])
         except (KeyError, ValueError):
             continue
-    for name in ("encoder", "crop"):
+    for name in (*_CHOICES, "layer_weights", "image_weights"):
         if name in values:
             out[name] = values[name]
     if "images" in values and values["images"].isdigit():
         out["images"] = int(values["images"])
+    for name in _IMAGES:
+        if values.get(name) == "yes":
+            out[name] = True
     return out
 
 
@@ -61,6 +90,21 @@ def pasted_unit(params: dict[str, Any], number: int) -> dict[str, Any] | None:
     return parse_unit_infotext(str(text)) if text is not None else None
 
 
+def paste_value(fields: dict[str, Any], name: str) -> Any:
+    """The UI value for ``name``: pasted, or the default (a paste sets every field, so a unit
+    pasted without, say, a weight type must not keep the one left in the UI)."""
+    if name in fields:
+        return fields[name]
+    if name in _OPTIONAL:
+        default = getattr(DEFAULTS, name)
+        return "" if default is None else _text(default) if name not in _FLOATS else default
+    return None
+
+
 def paste_notice(fields: dict[str, Any]) -> str:
     n = fields.get("images", 1)
-    return f"⚠ Settings restored from PNG info; drop the reference image{'s' if n != 1 else ''} again ({n})."
+    extra = [
+        label for name, label in (("negative_image", "the negative image"), ("mask", "the mask")) if fields.get(name)
+    ]
+    also = f" Add {' and '.join(extra)} again too." if extra else ""
+    return f"⚠ Settings restored from PNG info; drop the reference image{'s' if n != 1 else ''} again ({n}).{also}"

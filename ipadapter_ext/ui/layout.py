@@ -1,5 +1,27 @@
-"""The order of the script's arguments, shared by the gradio UI and the argument parser."""
+"""The order of the script's arguments, shared by the gradio UI and the argument parser.
 
-UNIT_FIELDS = ("enabled", "image", "more_images", "model", "encoder", "weight", "start", "end", "crop")
+New fields are appended, so older saved UI layouts keep their positions for the fields they had.
+"""
+
+UNIT_FIELDS = (
+    "enabled",
+    "image",
+    "more_images",
+    "model",
+    "encoder",
+    "weight",
+    "start",
+    "end",
+    "crop",
+    "weight_type",
+    "composition_weight",
+    "weight_mode",
+    "layer_weights",
+    "combine",
+    "image_weights",
+    "negative_image",
+    "noise",
+    "mask",
+)
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -1,0 +1,118 @@
+"""Turning what callers send (base64 strings, PIL images, arrays, gradio's editor values, "1, 0.5"
+text) into images, masks and number lists, with errors that say which unit and field is wrong."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .core.errors import IPAdapterError
+from .core.masks import mask_tensor
+
+#: Reference images larger than this are refused before decoding (a 8192×8192 image is 67 M).
+MAX_IMAGE_PIXELS = 8192 * 8192
+_NUMBER_SEPARATOR = re.compile(r"[,;\s]+")
+
+
+def decode_raw(value: str, where: str) -> Image.Image:
+    """A base64 PNG/JPEG/WebP (``data:`` prefix allowed) → image in its own mode."""
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise IPAdapterError(f"{where}: the image is not valid base64 ({exc}).") from exc
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except Exception as exc:
+        raise IPAdapterError(f"{where}: the image data is not a PNG, JPEG or WebP image.") from exc
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise IPAdapterError(
+            f"{where}: the image is {width}×{height}; at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are "
+            "accepted. Downscale it first (the encoder sees 224×224 anyway)."
+        )
+    try:
+        image.load()
+    except Exception as exc:
+        raise IPAdapterError(f"{where}: the image could not be decoded ({exc}); it may be truncated.") from exc
+    return image
+
+
+def decode_image(value: str, where: str) -> Image.Image:
+    """A base64 image → RGB."""
+    return decode_raw(value, where).convert("RGB")
+
+
+def as_image(value: Any, where: str) -> Any:
+    """One reference-like image: base64 is decoded; PIL images and arrays pass through."""
+    if isinstance(value, str):
+        return decode_image(value, where)
+    if isinstance(value, Image.Image) or hasattr(value, "__array__"):
+        return value
+    raise IPAdapterError(f"{where}: expected a base64-encoded image, got {type(value).__name__}.")
+
+
+def _painted(image: Any) -> bool:
+    return image is not None and bool(np.asarray(image).any())
+
+
+def _editor_mask(value: dict) -> Any:
+    """gradio's drawing values: 3.x ``{"image", "mask"}`` (strokes white on black) and 4.x
+    ``{"background", "layers", "composite"}``. Painted strokes win; without any, the uploaded
+    picture is the mask (a black-and-white mask made elsewhere)."""
+    if "mask" in value or "image" in value:
+        return value.get("mask") if _painted(value.get("mask")) else value.get("image")
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    alphas = [
+        np.asarray(layer.convert("RGBA") if isinstance(layer, Image.Image) else layer)[..., -1] for layer in layers
+    ]
+    if alphas and any(a.any() for a in alphas):
+        return np.maximum.reduce(alphas)
+    return value.get("background")
+
+
+def decode_mask(value: Any, where: str) -> torch.Tensor | None:
+    """A mask in any accepted form → float [H, W] in [0, 1] (white: the unit acts), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = _editor_mask(value)
+        if value is None:
+            return None
+    if isinstance(value, str):
+        if not value:
+            return None
+        value = decode_raw(value, where)
+    return mask_tensor(value, where)
+
+
+def number_list(value: Any, name: str, low: float, high: float) -> list[float] | None:
+    """``[1, 0.5]``, ``"1, 0.5"`` or ``"1 0.5"`` → floats in [low, high]; empty → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items: Sequence[Any] = [x for x in _NUMBER_SEPARATOR.split(value.strip()) if x]
+    elif isinstance(value, Sequence):
+        items = value
+    else:
+        raise ValueError(f"expected a list of numbers, got {type(value).__name__}")
+    if not items:
+        return None
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{item!r} is not a number") from None
+        if not low <= number <= high or number != number:
+            raise ValueError(f"{number:g} is outside [{low:g}, {high:g}]")
+        out.append(number)
+    return out

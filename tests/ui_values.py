@@ -1,0 +1,7 @@
+"""The values of an untouched unit in the UI, as gradio hands them to the script."""
+
+#: What each UI component holds before the user touches it (text boxes hold "").
+UI_VALUES = {"enabled": False, "image": None, "more_images": None, "model": "None", "encoder": "auto", "weight": 1.0,
+             "start": 0.0, "end": 1.0, "crop": "center", "weight_type": "linear", "composition_weight": 1.0,
+             "weight_mode": "V only", "layer_weights": "", "combine": "concat", "image_weights": "",
+             "negative_image": None, "noise": 0.0, "mask": None}  # fmt: skip
