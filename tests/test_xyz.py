@@ -24,7 +24,9 @@ from ipadapter_ext.schema import WEIGHT_RANGE, IPAdapterUnit
 from tests.a1111_env import PLUS, job, run_job, unit_args
 
 XYZ_DOUBLE = Path(__file__).parent / "doubles" / "xyz_grid.py"
-LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End"]
+LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
+          "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
+          "[IP-Adapter] Noise"]  # fmt: skip
 
 
 def load_xyz_double():
@@ -82,11 +84,11 @@ def test_axes_are_registered_once(plot):
     before = len(plot.axis_options)
     for _ in range(3):
         assert axes.register_xyz_axes(lambda: ["a"]) is True
-    assert len(plot.axis_options) == before + 4
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + 8
     assert [o.label for o in ours(plot)] == LABELS
     # a later registration (a reloaded extension) replaces its own entries in place
     assert axes.register_xyz_axes(lambda: ["b"]) is True
-    assert len(plot.axis_options) == before + 4
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + 8
     assert {o.label: o for o in plot.axis_options}["[IP-Adapter] Model"].choices() == ["b"]
 
 
@@ -101,9 +103,18 @@ def test_an_option_with_the_same_label_from_someone_else_is_left_alone(plot):
 def test_labels_types_choices_and_format(plot):
     axes.register_xyz_axes(lambda: ["tiny-base", "tiny-plus"])
     by_label = {o.label: o for o in ours(plot)}
-    assert [by_label[label].type for label in LABELS] == [float, str, float, float]
+    assert [by_label[label].type for label in LABELS] == [float, str, float, float, str, str, float, float]
     assert by_label["[IP-Adapter] Model"].choices() == ["tiny-base", "tiny-plus"]
-    assert all(by_label[label].choices is None for label in LABELS if label != "[IP-Adapter] Model")
+    assert by_label["[IP-Adapter] Weight type"].choices()[:2] == ["linear", "ease in"]
+    assert "style transfer" in by_label["[IP-Adapter] Weight type"].choices()
+    assert by_label["[IP-Adapter] Weight mode"].choices() == [
+        "V only",
+        "K+V",
+        "K+V w/ C penalty",
+        "K+mean(V) w/ C penalty",
+    ]
+    with_choices = {"[IP-Adapter] Model", "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode"}
+    assert all(by_label[label].choices is None for label in LABELS if label not in with_choices)
     assert all(isinstance(o, plot.AxisOption) and o.confirm is not None for o in by_label.values())
     weight = by_label["[IP-Adapter] Weight"]
     assert weight.format_value(None, weight, 0.30000000001) == "[IP-Adapter] Weight: 0.3"
@@ -139,6 +150,8 @@ def test_apply_writes_overrides_on_the_cell_only(plot):
         ("[IP-Adapter] Weight", [1.0], float("nan")),
         ("[IP-Adapter] Start", [0.0, 1.0], -0.1),
         ("[IP-Adapter] End", [0.0, 1.0], 1.5),
+        ("[IP-Adapter] Weight type", ["style transfer", "ease in-out"], "stylish"),
+        ("[IP-Adapter] Noise", [0.0, 1.0], 1.5),
     ],
 )
 def test_confirm_rejects_out_of_range_values(plot, label, good, bad):
@@ -148,7 +161,7 @@ def test_confirm_rejects_out_of_range_values(plot, label, good, bad):
     with pytest.raises(RuntimeError, match=re.escape(f'{label} value "{bad}"')) as caught:
         plot.run_axis(SimpleNamespace(), option, [*good, bad], lambda pc: pytest.fail("ran before confirm"))
     assert isinstance(caught.value, axes.AxisValueError)
-    field = label.split()[-1].lower()
+    field = label.removeprefix("[IP-Adapter] ").lower().replace(" ", "_")
     assert f"{field}: " in str(caught.value)
 
 

@@ -183,8 +183,13 @@ def register_routes(
         )
 
 
+#: The unit fields that decide the tokens (the rest act at sampling time and stay in the unit).
+ENCODE_FIELDS = ("image", "model", "encoder", "crop", "combine", "image_weights", "negative_image", "noise")
+
+
 def encode_endpoint(engine: Callable[[], Engine], placement: Callable[[], Placement]) -> Callable[..., dict[str, Any]]:
-    """``POST /encode``: {image, model, encoder?, crop?} → {model, tokens, embeds}. The body is
+    """``POST /encode``: {image, model, encoder?, crop?, combine?, image_weights?, negative_image?,
+    noise?} → {model, tokens, embeds}. The body is
     validated with the unit model itself, so its fields, defaults and errors are the unit's."""
     from fastapi import Body, HTTPException
 
@@ -192,7 +197,7 @@ def encode_endpoint(engine: Callable[[], Engine], placement: Callable[[], Placem
 
     def encode(body: dict = Body(...)) -> dict[str, Any]:  # noqa: B008 (fastapi's idiom)
         try:
-            unit = validate_unit({k: v for k, v in body.items() if k in ("image", "model", "encoder", "crop")}, 1)
+            unit = validate_unit({k: v for k, v in body.items() if k in ENCODE_FIELDS}, 1)
             request = unit.to_request(1)
             request.embeds = None
             _, encoder_name, cond, uncond = engine().tokens(request, placement())

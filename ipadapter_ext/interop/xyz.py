@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.payload import validation_message
+from ..core.attention import WeightMode
 from ..core.errors import IPAdapterError
+from ..core.weights import WeightType
 from ..schema import PYDANTIC_V2, IPAdapterUnit
 
 AXIS_OVERRIDE_ATTR = "ipadapter_overrides"
@@ -34,6 +36,7 @@ class Axis:
     label: str
     field: str
     type: type
+    choices: tuple[str, ...] = ()  # fixed choices (the model axis lists the current models instead)
 
 
 AXES = (
@@ -41,6 +44,10 @@ AXES = (
     Axis("[IP-Adapter] Model", "model", str),
     Axis("[IP-Adapter] Start", "start", float),
     Axis("[IP-Adapter] End", "end", float),
+    Axis("[IP-Adapter] Weight type", "weight_type", str, tuple(t.value for t in WeightType)),
+    Axis("[IP-Adapter] Weight mode", "weight_mode", str, tuple(m.value for m in WeightMode)),
+    Axis("[IP-Adapter] Composition weight", "composition_weight", float),
+    Axis("[IP-Adapter] Noise", "noise", float),
 )
 _FIELDS = {a.field for a in AXES}
 
@@ -97,12 +104,15 @@ def build_axes(xyz: Any, model_names: Callable[[], list[str]]) -> list[Any]:
     options = []
     for axis in AXES:
         is_model = axis.field == "model"
+        choices = (
+            (lambda: list(model_names())) if is_model else (lambda a=axis: list(a.choices)) if axis.choices else None
+        )
         option = xyz.AxisOption(
             axis.label,
             axis.type,
             make_apply(axis.field),
             confirm=make_confirm(axis, model_names if is_model else None),
-            choices=(lambda: list(model_names())) if is_model else None,
+            choices=choices,
         )
         setattr(option, _MARK, True)
         options.append(option)
