@@ -38,11 +38,17 @@ def validate_unit(data: Any, number: int) -> IPAdapterUnit:
 
 def api_units(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]] | None:
     """(unit number, unit) for the enabled units of an API request, or ``None`` when ``args`` are
-    in the UI layout (no JSON object in them)."""
+    in the UI layout. API units are JSON objects from the first slot on (or a list of them in the
+    first slot); the UI layout starts with the accordion's checkbox, and may hold dicts further on
+    (gradio's mask editor values), which must not be mistaken for units."""
     if args and isinstance(args[0], list | tuple) and args[0] and all(isinstance(x, dict) for x in args[0]):
         objects = list(args[0])
     else:
-        objects = [a for a in args if isinstance(a, dict)]
+        objects = []
+        for a in args:
+            if not isinstance(a, dict):
+                break
+            objects.append(a)
     if not objects:
         return None
     units = [(n, validate_unit(obj, n)) for n, obj in enumerate(objects, start=1)]

@@ -127,11 +127,11 @@ class Processing:
     cond: torch.Tensor
     uncond: torch.Tensor
     repeats: list[int]
-    latent: int = 8
+    latent: int | tuple[int, int] = 8  # side, or (height, width) for non-square images
     steps: int = 3
     img2img: bool = False
     enable_hr: bool = False
-    hr_latent: int = 16
+    hr_latent: int | tuple[int, int] = 16
     skip_uncond_steps: set = field(default_factory=set)
     switch_model_at: set = field(default_factory=set)
     refiner: object = None
@@ -141,6 +141,10 @@ class Processing:
     extra_generation_params: dict = field(default_factory=dict)
     seed: int = 0
     is_api: bool = False  # set by modules/api/api.py for API requests
+
+
+def _hw(side: int | tuple[int, int]) -> tuple[int, int]:
+    return (side, side) if isinstance(side, int) else tuple(side)
 
 
 def run_job(script, args, p: Processing, errors: list[str] | None = None):
@@ -166,7 +170,7 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
     hook("process")
     g = torch.Generator().manual_seed(p.seed)
     batch = len(p.repeats)
-    x = torch.randn(batch, 4, p.latent, p.latent, generator=g)
+    x = torch.randn(batch, 4, *_hw(p.latent), generator=g)
     new_pass(x)
     if p.img2img:
         samples = p.sampler.sample_img2img(p, x, torch.randn_like(x), p.cond, p.uncond)
@@ -174,7 +178,7 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
         samples = p.sampler.sample(p, x, p.cond, p.uncond)
     if p.enable_hr:
         p.is_hr_pass = True
-        x = torch.nn.functional.interpolate(samples, size=(p.hr_latent, p.hr_latent))
+        x = torch.nn.functional.interpolate(samples, size=_hw(p.hr_latent))
         new_pass(x)
         samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), p.cond, p.uncond)
         p.is_hr_pass = False
