@@ -257,6 +257,24 @@ def test_model_axis_switches_the_model(grid):
 
 
 @torch.no_grad()
+def test_weight_type_axis_equals_setting_the_weight_type_in_the_unit(grid):
+    script, model = grid.webui.script, grid.webui.model
+    kinds = ["linear", "style transfer", "composition"]
+    direct = [run_job(script, unit_args({**PLUS, "weight_type": k}), job(model)) for k in kinds]
+    infotexts = []
+
+    def process(pc):
+        out = run_job(script, unit_args(PLUS), pc)
+        infotexts.append(pc.extra_generation_params["IP-Adapter 1"])
+        return out
+
+    out = grid.module.run_axis(job(model), grid.axis["[IP-Adapter] Weight type"], kinds, process)
+    assert all(torch.equal(a, b) for a, b in zip(out, direct, strict=True))
+    assert not torch.allclose(out[1], out[2]) and not torch.allclose(out[0], out[1])
+    assert "weight_type" not in infotexts[0] and "weight_type: style transfer" in infotexts[1]
+
+
+@torch.no_grad()
 def test_an_invalid_override_reaches_the_user_as_an_error(grid):
     p = job(grid.webui.model)
     p.ipadapter_overrides = {"weight": 9.0}
