@@ -7,7 +7,8 @@ Random weights, real shapes: widths 320/640/1280 with 8 heads, a 64×64 latent (
   (b) (a) + our image term with K/V precomputed once per generation;
   (c) (a) + the image term with K/V recomputed every step (what diffusers and Forge do);
   (d) (a) + the image term as a separate pass that recomputes q and applies to_out's weight again
-      (the usual wrapper design); ours reuses the host's q and adds before to_out.
+      (the usual wrapper design); ours reuses the host's q and adds before to_out;
+  (e) (b) with a region mask (half the canvas), resampled once per layer and cached.
 
 Run: python benchmarks/attention_layers.py [--latent 64] [--repeat 20] [--dtype float32]
 """
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ipadapter_ext.core.attention import ImageKV, add_image_attention
+from ipadapter_ext.core.masks import RegionMask
 
 SD15_LAYERS = [  # (width, latent downscale) in execution order: input, middle, output
     (320, 1), (320, 1), (640, 2), (640, 2), (1280, 4), (1280, 4), (1280, 8),
@@ -88,6 +90,15 @@ def step_separate_pass(layers, context, image_kv, image_tokens):
         out + F.linear(ip, layer.out)
 
 
+def step_masked(layers, context, image_kv, image_tokens, region=None, hw=None):
+    """b with a region mask, resampled per layer once and then read from its cache (as in a job)."""
+    for layer, (k, v) in zip(layers, image_kv, strict=True):
+        q, z = layer.text(context)
+        mask = region.for_layer(q.shape[1], hw, q.device, q.dtype)
+        z = add_image_attention(z, q, HEADS, [ImageKV(k, v, 0.8, mask=mask)])
+        F.linear(z, layer.out, layer.out_bias)
+
+
 def measure(fn, args, repeat: int) -> float:
     for _ in range(3):
         fn(*args)
@@ -117,10 +128,14 @@ def main() -> None:
     image_tokens = torch.randn(batch, IMAGE_TOKENS, CTX, generator=g).to(args.device, dtype)
     image_kv = [(F.linear(image_tokens, la.k_ip), F.linear(image_tokens, la.v_ip)) for la in layers]
     run_args = (layers, context, image_kv, image_tokens)
+    half = torch.zeros(args.latent * 8, args.latent * 8)
+    half[:, : args.latent * 4] = 1.0
+    region, hw = RegionMask(half), (args.latent, args.latent)
     with torch.inference_mode():
         # Interleave the variants so that drift in machine load affects all of them alike.
-        results = {name: [] for name in ("a", "b", "c", "d")}
-        fns = {"a": step_text, "b": step_ours, "c": step_recompute_kv, "d": step_separate_pass}
+        results = {name: [] for name in ("a", "b", "c", "d", "e")}
+        fns = {"a": step_text, "b": step_ours, "c": step_recompute_kv, "d": step_separate_pass,
+               "e": lambda *a: step_masked(*a, region=region, hw=hw)}  # fmt: skip
         for _ in range(3):
             for name, fn in fns.items():
                 results[name].append(measure(fn, run_args, max(1, args.repeat // 3)))
@@ -132,7 +147,9 @@ def main() -> None:
     print(f"(b) a + image term, K/V precomputed {t['b']:9.2f} ms/step")
     print(f"(c) a + image term, K/V every step  {t['c']:9.2f} ms/step")
     print(f"(d) a + separate pass (q, to_out)   {t['d']:9.2f} ms/step")
-    print(f"b/a = {t['b'] / t['a']:.3f}   c/b = {t['c'] / t['b']:.3f}   d/b = {t['d'] / t['b']:.3f}")
+    print(f"(e) b with a region mask            {t['e']:9.2f} ms/step")
+    print(f"b/a = {t['b'] / t['a']:.3f}   c/b = {t['c'] / t['b']:.3f}   d/b = {t['d'] / t['b']:.3f}   "
+          f"e/b = {t['e'] / t['b']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
