@@ -198,3 +198,50 @@ def test_infotext_value_round_trip(model):
                       "start": 0.25, "end": 0.75, "crop": "left", "images": 3}  # fmt: skip
     assert parse_unit_infotext(unit_infotext(unit, None, 1))["model"] == model
     assert parse_unit_infotext("weight: 0.5, future: 1, crop: top") == {"weight": 0.5, "crop": "top"}
+
+
+def test_new_fields_parse_from_lists_text_and_base64():
+    from ipadapter_ext.api.payload import validate_unit
+
+    mask = Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(4), (6, 1)))  # left black, right white
+    unit = validate_unit(
+        {"image": [_b64(_image(1)), _b64(_image(2))], "model": "m", "weight_type": "composition",
+         "weight_mode": "K+mean(V) w/ C penalty", "layer_weights": "1, -0.5 0", "combine": "subtract",
+         "image_weights": [1, 0.25], "negative_image": _b64(_image(3)), "noise": 0.5, "mask": _b64(mask)}, 4
+    )  # fmt: skip
+    req = unit.to_request(4)
+    assert req.weight_type.value == "composition" and req.mode.value == "K+mean(V) w/ C penalty"
+    assert (
+        req.layer_weights == (1.0, -0.5, 0.0) and req.image_weights == (1.0, 0.25) and req.combine.value == "subtract"
+    )
+    assert len(req.negative_images) == 1 and np.array_equal(np.asarray(req.negative_images[0]), np.asarray(_image(3)))
+    assert req.noise == 0.5 and req.mask.shape == (6, 8) and req.mask[:, :4].max() == 0 and req.mask[:, 4:].min() == 1
+    assert DEFAULTS.weight_type.value == "linear" and DEFAULTS.weight_mode.value == "V only"
+    assert (DEFAULTS.combine.value, DEFAULTS.noise, DEFAULTS.mask, DEFAULTS.layer_weights) == (
+        "concat",
+        0.0,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"layer_weights": [1, 9]}, "layer_weights: .*9 is outside \\[-1, 3\\]"),
+        ({"layer_weights": "1, heavy"}, "layer_weights: .*'heavy' is not a number"),
+        ({"image_weights": {"a": 1}}, "image_weights: .*expected a list of numbers"),
+        ({"weight_type": "stylish"}, "weight_type: "),
+        ({"weight_mode": "Q only"}, "weight_mode: "),
+        ({"noise": -0.5}, "noise: "),
+        ({"composition_weight": 4}, "composition_weight: "),
+        ({"image_weights": [1, 1]}, "image_weights has 2 numbers for 1 reference image"),
+        ({"mask": "%%%"}, ", mask: the image is not valid base64"),
+        ({"negative_image": 7}, ", negative_image: expected a base64-encoded image"),
+    ],
+)
+def test_bad_new_fields_name_the_unit_and_the_field(change, message):
+    from ipadapter_ext.api.payload import validate_unit
+
+    with pytest.raises(IPAdapterError, match=f"IP-Adapter unit 2.*{message}"):
+        validate_unit({"image": _b64(_image()), "model": "m", **change}, 2).to_request(2)
