@@ -239,3 +239,22 @@ def test_bad_values_of_the_new_fields_name_the_field(webui):
         assert caught.value.status_code == 422 and message in caught.value.detail, (change, caught.value.detail)
     assert no_hooks_left(webui.unet)
     assert run_job(webui.script, [good], job(webui.model, is_api=True)) is not None  # the next request works
+
+
+@torch.no_grad()
+def test_masks_follow_the_hires_pass_and_white_equals_no_mask(webui):
+    def run(**fields):
+        errors: list[str] = []
+        p = job(webui.model, latent=(8, 16), enable_hr=True, hr_latent=(16, 24))
+        out = run_job(webui.script, unit_args({**PLUS, **fields}), p, errors)
+        assert not errors, errors
+        assert len(p.samplers) == 2
+        return out
+
+    white, half = Image.new("L", (120, 80), 255), Image.new("L", (120, 80), 0)
+    half.paste(255, (60, 0, 120, 80))
+    unmasked = run()
+    assert torch.equal(run(mask=white), unmasked)  # a mask of ones multiplies by exactly 1
+    halved = run(mask=half)
+    assert not torch.allclose(halved, unmasked)
+    assert not torch.allclose(halved, run(weight=0.0))

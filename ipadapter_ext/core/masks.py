@@ -79,10 +79,12 @@ class RegionMask:
         return self.mask.shape[1] / self.mask.shape[0]
 
     def grid(self, rows: int, cols: int) -> torch.Tensor:
-        """The mask at ``rows × cols`` (bilinear with antialiasing, so thin strokes survive)."""
+        """The mask at ``rows × cols``: each cell is the mean of the mask pixels it covers (area
+        resampling), so a cell is exactly 0 only where the whole cell is black, exactly 1 where it
+        is all white, and a thin stroke still counts in the cell it crosses."""
         m = self.mask[None, None]
         if (rows, cols) != tuple(self.mask.shape):
-            m = F.interpolate(m, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)
+            m = F.interpolate(m, size=(rows, cols), mode="area")
         return m[0, 0].clamp_(0.0, 1.0)
 
     def for_layer(
