@@ -136,3 +136,13 @@ def reference_check(webui, p: Processing, requests: list[UnitRequest], unet=None
                 current["row"] = 1 if row < n_cond else 0
                 expected = unet(call.x[i : i + 1], call.timesteps[i : i + 1], context=call.context[i : i + 1])
                 torch.testing.assert_close(call.out[i : i + 1], expected, atol=2e-4, rtol=1e-4)
+
+
+def pasted_values(script, params: dict, prefix: str = "script_txt2img_ipadapter_") -> dict:
+    """What pasting ``params`` (a parsed infotext) puts into each component, by elem_id less ``prefix``."""
+    pasted = {}
+    for component, key in script.infotext_fields:
+        value = key(params) if callable(key) else params.get(key)
+        if value is not None:
+            pasted[component.elem_id.removeprefix(prefix)] = value
+    return pasted

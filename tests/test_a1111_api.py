@@ -15,6 +15,7 @@ from tests.a1111_env import (
     image,
     job,
     no_hooks_left,
+    pasted_values,
     run_job,
     unit_args,
 )
@@ -95,11 +96,7 @@ def test_infotext_round_trip_restores_every_field_but_the_image(webui):
     text = infotext_utils.create_infotext({"Steps": 3, **p.extra_generation_params})
     assert 'IP-Adapter 1: "model: tiny-plus [' in text and "IP-Adapter 2: " in text
     params = infotext_utils.parse_generation_parameters(text)
-    pasted = {}
-    for component, key in webui.script.infotext_fields:
-        value = key(params) if callable(key) else params.get(key)
-        if value is not None:
-            pasted[component.elem_id.removeprefix("script_txt2img_ipadapter_")] = value
+    pasted = pasted_values(webui.script, params, "script_txt2img_ipadapter_")
     assert pasted["enabled"] is True
     assert pasted["unit_1_enabled"] is True and pasted["unit_2_enabled"] is True and pasted["unit_3_enabled"] is False
     for n, unit in ((1, PLUS), (2, base)):

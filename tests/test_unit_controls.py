@@ -16,7 +16,7 @@ from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.masks import RegionMask
 from ipadapter_ext.host import a1111
 from ipadapter_ext.schema import IPAdapterUnit
-from tests.a1111_env import PLUS, image, job, no_hooks_left, run_job, unit_args
+from tests.a1111_env import PLUS, image, job, no_hooks_left, pasted_values, run_job, unit_args
 
 #: SD1.x: the transformer (execution order) of each layer in checkpoint key order (reference §3.1).
 SD15_T_OF_KEY = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 6]
@@ -198,11 +198,7 @@ def test_every_field_is_the_same_from_the_ui_the_api_and_a_pasted_infotext(webui
     text = infotext_utils.create_infotext({"Steps": 3, **p_ui.extra_generation_params})
     assert p_ui.extra_generation_params == p_api.extra_generation_params
     params = infotext_utils.parse_generation_parameters(text)
-    pasted = {}
-    for component, key in webui.script.infotext_fields:
-        value = key(params) if callable(key) else params.get(key)
-        if value is not None:
-            pasted[component.elem_id.removeprefix("script_txt2img_ipadapter_unit_1_")] = value
+    pasted = pasted_values(webui.script, params, "script_txt2img_ipadapter_unit_1_")
     assert "negative image and the mask again" in pasted["info"]
     restored = {name: pasted[name] for name in UNIT_FIELDS if name in pasted}
     assert set(UNIT_FIELDS) - set(restored) == {
