@@ -1,12 +1,16 @@
-"""IP-Adapter for the AUTOMATIC1111 WebUI: a thin script that delegates to ``ipadapter_ext``.
+"""IP-Adapter for the AUTOMATIC1111 WebUI and stable-diffusion-webui-forge: a thin script that
+delegates to ``ipadapter_ext``.
 
 Only ``modules.scripts`` is imported from the WebUI here (as a module, so that no base class is
-registered a second time); everything else lives in ``ipadapter_ext.host.a1111``.
+registered a second time); the host module (``ipadapter_ext.host.a1111`` or ``.forge``) is chosen
+once, at import, by detecting the host.
 """
 
 from modules import scripts
 
-from ipadapter_ext.host import a1111
+from ipadapter_ext.host import select
+
+host = select()
 
 
 class IPAdapterScript(scripts.Script):
@@ -17,16 +21,16 @@ class IPAdapterScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return a1111.build_ui(self, is_img2img)
+        return host.build_ui(self, is_img2img)
 
     def process(self, p, *args):
-        a1111.process(p, args)
+        host.process(p, args)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        a1111.before_sampling(p)
+        host.before_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        a1111.postprocess(p)
+        host.postprocess(p)
 
 
-a1111.register_callbacks()
+host.register_callbacks()

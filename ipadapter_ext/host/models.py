@@ -9,7 +9,7 @@ import torch
 
 from ..core.compat import UNetSignature
 from ..core.engine import Engine, Placement
-from ..core.layers import map_ldm_attn2
+from ..core.layers import Attn2Slot, map_ldm_attn2
 from ..core.registry import ModelRegistry
 from ..interop.controlnet import extra_model_dirs
 from .settings import opt
@@ -46,11 +46,26 @@ def engine() -> Engine:
 
 
 # -- UNet -------------------------------------------------------------------------------------
+def diffusion_model(sd_model: Any) -> torch.nn.Module:
+    """The UNet module: ``sd_model.model.diffusion_model`` on A1111; on Forge the one inside the
+    UNet patcher (Forge's model object has no ``.model``)."""
+    forge_objects = getattr(sd_model, "forge_objects", None)
+    if forge_objects is not None:
+        return forge_objects.unet.model.diffusion_model
+    return sd_model.model.diffusion_model
+
+
+def attn2_slots(unet: torch.nn.Module) -> tuple[list[Attn2Slot], dict[str, torch.nn.Module]]:
+    """The UNet's attn2 slots in adapter key order, and its attn2 modules by name. Forge's UNet
+    (``backend/nn/unet.py``) keeps the LDM module names, so one mapping serves both hosts."""
+    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
+    return map_ldm_attn2(found), found
+
+
 def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], UNetSignature]:
     """The UNet, its attn2 modules in adapter key order, and its signature for the checks."""
-    unet = sd_model.model.diffusion_model
-    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
-    slots = map_ldm_attn2(found)
+    unet = diffusion_model(sd_model)
+    slots, found = attn2_slots(unet)
     modules = [found[s.name] for s in slots]
     label = (
         "SDXL" if getattr(sd_model, "is_sdxl", False) else "SD2.x" if getattr(sd_model, "is_sd2", False) else "SD1.5"
@@ -62,6 +77,9 @@ def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], 
 def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
     from modules import devices, shared
 
+    forge_objects = getattr(sd_model, "forge_objects", None)
+    if forge_objects is not None:
+        return forge_placement(forge_objects.unet)
     param = next(unet.parameters())
     dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16, torch.float32) else devices.dtype
     cmd = shared.cmd_opts
@@ -75,6 +93,24 @@ def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
         dtype=dtype,
         encoder_dtype=dtype if param.device.type != "cpu" else torch.float32,
         offload_encoder=lowmem or bool(opt("ipadapter_offload_encoder", False)),
+        upcast_attention=bool(opt("upcast_attn", False)),
+    )
+
+
+def forge_placement(patcher: Any) -> Placement:
+    """Forge keeps the UNet offloaded between generations and loads it to ``load_device`` when
+    sampling starts, so K/V go there, in the dtype the UNet computes in. The encoder always
+    leaves the GPU after encoding: Forge's memory manager does not know about it."""
+    unet = patcher.model.diffusion_model
+    device = torch.device(patcher.load_device)
+    dtype = getattr(patcher.model, "computation_dtype", None) or getattr(unet, "dtype", torch.float32)
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return Placement(
+        device=device,
+        dtype=dtype,
+        encoder_dtype=dtype if device.type != "cpu" else torch.float32,
+        offload_encoder=device.type != "cpu",
         upcast_attention=bool(opt("upcast_attn", False)),
     )
 
@@ -94,8 +130,7 @@ def _current_placement() -> Placement:
     from modules import shared
 
     try:
-        unet = shared.sd_model.model.diffusion_model
-        return placement(shared.sd_model, unet)
+        return placement(shared.sd_model, diffusion_model(shared.sd_model))
     except Exception:
         return Placement(device=torch.device("cpu"), dtype=torch.float32)
 

@@ -1,0 +1,150 @@
+"""What both hosts (A1111 and Forge) do identically: script arguments to unit requests, the
+infotext, errors raised from the sampler (HTTP 422 for API requests), the once-per-generation
+console lines, and the callbacks for settings, routes and the X/Y/Z plot.
+
+Only how the image term reaches the UNet differs: torch hooks on A1111 (``a1111.py``), attn2
+replace patches on Forge (``forge.py``). Keeping the rest here means a unit behaves the same,
+logs the same and fails the same way on either host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.bare_unit import install as install_bare_unit
+from ..api.errors import http_error
+from ..core.engine import UnitRequest
+from ..core.errors import IPAdapterError
+from ..core.job import Job
+from ..interop.xyz import apply_overrides, register_xyz_axes
+from ..schema import DEFAULTS, with_default_weight
+from ..ui.args import parse_script_args
+from ..ui.infotext import KEY, unit_infotext
+from .models import _current_placement, engine, loaded_signature, model_hash
+from .settings import opt, register_settings
+
+STATE_ATTR = "ipadapter_state"
+
+
+@dataclass
+class StateBase:
+    """One generation's units and outcome; a host subclass adds how it applies them."""
+
+    requests: list[UnitRequest]
+    error: IPAdapterError | None = None
+    job: Job | None = None
+    key: tuple | None = None
+    logged: bool = False
+    notes: set[str] = field(default_factory=set)
+
+    def note(self, text: str) -> None:
+        """Print ``text`` once per generation (the WebUI console is where users look)."""
+        if text not in self.notes:
+            self.notes.add(text)
+            print(text)
+
+    def log_units(self) -> None:
+        if not self.logged and self.job is not None:
+            self.logged = True
+            for unit in self.job.units:
+                print(unit.log_line())
+
+    def skip_hires(self, p: Any) -> bool:
+        """The hires pass with the "apply on hires" setting off."""
+        if getattr(p, "is_hr_pass", False) and not opt("ipadapter_hires", True):
+            self.note("IP-Adapter: not applied on the hires pass (setting).")
+            return True
+        return False
+
+
+def parse_requests(p: Any, args: tuple) -> tuple[list[UnitRequest], IPAdapterError | None]:
+    """Script arguments (UI layout or API unit objects) → unit requests, with the default weight
+    setting and X/Y/Z overrides applied and one infotext entry per unit written to ``p``."""
+    try:
+        units = parse_script_args(args)
+        default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
+        units = [(n, with_default_weight(u, default_weight)) for n, u in units]
+        units = apply_overrides(p, units)  # X/Y/Z plot axes
+        requests = [unit.to_request(number) for number, unit in units]
+    except IPAdapterError as exc:
+        return [], exc
+    for (number, unit), request in zip(units, requests, strict=True):
+        p.extra_generation_params[KEY.format(number)] = unit_infotext(unit, model_hash(unit.model), len(request.images))
+    return requests, None
+
+
+def new_state(p: Any, args: tuple, factory: Callable[..., StateBase]) -> None:
+    """``process``: replace any state left on ``p`` by this job's (none when no unit is on)."""
+    drop_state(p)
+    requests, error = parse_requests(p, args)
+    if error is not None:
+        setattr(p, STATE_ATTR, factory([], error=error))
+    elif requests:
+        setattr(p, STATE_ATTR, factory(requests))
+
+
+def get_state(p: Any) -> Any:
+    return getattr(p, STATE_ATTR, None)
+
+
+def drop_state(p: Any) -> None:
+    if hasattr(p, STATE_ATTR):
+        delattr(p, STATE_ATTR)
+
+
+def failed_to_prepare(exc: Exception) -> IPAdapterError:
+    """A bug must never turn into a silent generation without the unit: it becomes the error."""
+    return IPAdapterError(f"IP-Adapter failed to prepare: {type(exc).__name__}: {exc}")
+
+
+def wrap_sampler(p: Any, state: StateBase, after: Callable[[], None] | None = None) -> None:
+    """Wrap this job's sampler instance (not its class): a unit that cannot apply raises when
+    sampling starts (script hooks' own exceptions are only logged by the WebUI), as HTTP 422 with
+    the message as ``detail`` for an API request; ``after`` runs in a ``finally``."""
+    sampler = p.sampler
+    is_api = bool(getattr(p, "is_api", False))
+    for name in ("sample", "sample_img2img"):
+        if name in vars(sampler) or not hasattr(sampler, name):
+            continue
+        original = getattr(sampler, name)
+
+        def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if state.error is not None:
+                raise http_error(state.error) if is_api else state.error
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                if after is not None:
+                    after()
+
+        setattr(sampler, name, run)
+
+
+def step_progress(params: Any) -> float:
+    """Fraction of the sampling steps at this denoiser call, as both hosts' denoisers report it."""
+    denoiser = params.denoiser
+    total = getattr(denoiser, "total_steps", None) or params.total_sampling_steps or 1
+    step = getattr(denoiser, "step", params.sampling_step)
+    return step / total
+
+
+def register_common(script_callbacks: Any) -> None:
+    """Settings, HTTP routes and X/Y/Z axes: the same on both hosts."""
+    script_callbacks.on_ui_settings(register_settings, name="ipadapter_settings")
+    script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
+    if hasattr(script_callbacks, "on_before_ui"):  # before the X/Y/Z plot script builds its axis list
+        script_callbacks.on_before_ui(register_xyz, name="ipadapter_xyz_axes")
+
+
+def register_xyz() -> None:
+    """The IP-Adapter axes of the X/Y/Z plot script (idempotent; nothing when it is not loaded)."""
+    register_xyz_axes(lambda: [e.name for e in engine().registry.adapters() if e.info is not None])
+
+
+def _app_started(_demo: Any, app: Any) -> None:
+    from ..api.routes import register_routes
+
+    register_routes(app, engine, loaded_signature, _current_placement)
+    install_bare_unit(app)

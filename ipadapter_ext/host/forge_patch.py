@@ -1,0 +1,187 @@
+"""The attn2 replace patch that adds the image term on Forge, and what it needs per call.
+
+Forge's transformer block (``backend/nn/unet.py``), when a replace patch is registered for its
+key, computes ``q = to_q(x)``, ``k = to_k(context)``, ``v = to_v(context)``, calls
+``patch(q, k, v, extra_options)`` and applies ``to_out`` to the result itself. So the patch
+returns the pre-``to_out`` tensor: Forge's own attention (or the previous patch on that key, which
+then keeps its own contribution) plus Σ image terms from :func:`~..core.job.layer_terms`, the
+entry point A1111's hooks use too. ``to_out`` and its bias still run exactly once.
+
+Rows: ``extra_options["cond_or_uncond"]`` lists the equal batch chunks of the call (0 = cond,
+1 = uncond), in whatever order Forge batched them ([1, 0] when both fit, one per call otherwise,
+cond only when the uncond is skipped).
+
+Start/end: the same fractions of the sampling steps as on A1111. Forge's CFG denoiser reports
+(step, total, sigma) through ``on_cfg_denoiser`` before it runs the UNet; the patch uses that
+step when the call's ``extra_options["sigmas"]`` is that sigma. A UNet call outside the
+sampler's steps (another extension running the UNet itself) is gated by sigma instead, with the
+model's ``predictor.percent_to_sigma``, as Forge's own ControlNet does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.attention import ImageKV, add_image_attention
+from ..core.job import PreparedUnit, layer_terms
+
+log = logging.getLogger("ipadapter")
+
+#: (q, k, v, heads) → attention output before ``to_out``: Forge's ``backend.attention.attention_function``.
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def forge_attention() -> AttentionFn:
+    """The kernel Forge chose at start-up (imported at call time: it exists only inside Forge)."""
+    from backend.attention import attention_function
+
+    return attention_function
+
+
+def row_layout(cond_or_uncond: Sequence[int], rows: int) -> tuple[bool, ...] | None:
+    """One bool per row (True = cond) from Forge's chunk list, or ``None`` if it does not divide."""
+    chunks = len(cond_or_uncond)
+    if not chunks or rows % chunks:
+        return None
+    per_chunk = rows // chunks
+    return tuple(int(c) == 0 for c in cond_or_uncond for _ in range(per_chunk))
+
+
+@dataclass
+class StepClock:
+    """The denoiser's latest (sigma, step fraction), reported by ``on_cfg_denoiser``."""
+
+    sigma: float | None = None
+    progress: float = 0.0
+
+    def report(self, sigma: float, progress: float) -> None:
+        self.sigma, self.progress = sigma, progress
+
+    def progress_at(self, sigma: float) -> float | None:
+        if self.sigma is None or not math.isclose(sigma, self.sigma, rel_tol=1e-5, abs_tol=1e-8):
+            return None
+        return self.progress
+
+
+@dataclass
+class ForgeRun:
+    """One sampling pass: the prepared units, their sigma ranges and the clock."""
+
+    units: list[PreparedUnit]
+    sigma_ranges: list[tuple[float, float]]  # (sigma at start, sigma at end) per unit
+    clock: StepClock
+    upcast: bool = False
+    _active: tuple[tuple | None, list[PreparedUnit]] = (None, [])
+    _warned: bool = False
+    chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
+
+    def active_units(self, sigma: float | None) -> list[PreparedUnit]:
+        """Units active at this call: by step fraction when the denoiser reported this sigma,
+        else by sigma range. Cached per sigma (every layer of a step asks the same)."""
+        key = (sigma, self.clock.sigma, self.clock.progress)
+        if self._active[0] == key:
+            return self._active[1]
+        progress = self.clock.progress_at(sigma) if sigma is not None else self.clock.progress
+        if progress is not None:
+            active = [u for u in self.units if u.active_at(progress)]
+        else:
+            assert sigma is not None
+            active = [
+                u for u, (hi, lo) in zip(self.units, self.sigma_ranges, strict=True) if u.applies and lo <= sigma <= hi
+            ]
+        self._active = (key, active)
+        return active
+
+    def terms(self, layer: int, q: torch.Tensor, extra_options: dict) -> list[ImageKV]:
+        layout = row_layout(extra_options.get("cond_or_uncond") or (), int(q.shape[0]))
+        if layout is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "IP-Adapter: a UNet call with %d rows does not split into chunks %s; the image prompt is "
+                    "skipped for such calls.", q.shape[0], extra_options.get("cond_or_uncond"),
+                )  # fmt: skip
+            return []
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        shape = extra_options.get("original_shape")
+        latent_hw = (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
+        terms = layer_terms(self.active_units(sigma), layer, layout, int(q.shape[1]), latent_hw)
+        return [_on_device(t, q.device) for t in terms]
+
+
+def _on_device(term: ImageKV, device: torch.device) -> ImageKV:
+    """K/V normally live where Forge loaded the KV module; follow q if it ever put them elsewhere."""
+    if term.k.device == device:
+        return term
+    mask = term.mask.to(device) if term.mask is not None else None
+    return dataclasses.replace(term, k=term.k.to(device), v=term.v.to(device), mask=mask)
+
+
+class Attn2Patch:
+    """One layer's replace patch. ``previous`` is the patch that held the key before (Forge's
+    built-in IP-Adapter, another extension): it runs instead of the plain kernel, so its
+    contribution stays and ours is added on top, like two units."""
+
+    def __init__(self, layer: int, run: ForgeRun, previous: Any = None, attention: AttentionFn | None = None) -> None:
+        self.layer = layer
+        self.run = run
+        self.previous = previous
+        self._attention = attention
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = int(extra_options["n_heads"])
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            if self._attention is None:
+                self._attention = forge_attention()
+            out = self._attention(q, k, v, heads)
+        terms = self.run.terms(self.layer, q, extra_options)
+        if not terms:
+            return out
+        return add_image_attention(out, q, heads, terms, self.run.upcast)
+
+    def __deepcopy__(self, memo: dict) -> Attn2Patch:
+        # UnetPatcher.clone() deep-copies model_options; the K/V must be shared, not copied.
+        return self
+
+    def set_new_condition(self, **kwargs: Any) -> None:
+        """Forge's built-in IP-Adapter adds its unit to whatever object holds its key through
+        this method; hand it to the patch we wrapped so its unit still applies."""
+        if self.previous is not None and hasattr(self.previous, "set_new_condition"):
+            self.previous.set_new_condition(**kwargs)
+            return
+        raise RuntimeError(
+            "IP-Adapter (extension) holds this attn2 patch key, so Forge's built-in IP-Adapter cannot add its unit. "
+            "Keep this extension's script after sd_forge_controlnet (the default order)."
+        )
+
+
+class KVModule(nn.Module):
+    """The units' K/V as buffers, handed to Forge's memory management
+    (``add_extra_torch_module_during_sampling``): it counts them, loads them with the UNet and may
+    offload them. Moving the module moves the tensors the units read."""
+
+    def __init__(self, units: Sequence[PreparedUnit]) -> None:
+        super().__init__()
+        self._units = list(units)
+        for u, unit in enumerate(self._units):
+            for n, (k, v) in enumerate(unit.kv.kv):
+                self.register_buffer(f"k_{u}_{n}", k, persistent=False)
+                self.register_buffer(f"v_{u}_{n}", v, persistent=False)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> KVModule:
+        super()._apply(fn, *args, **kwargs)
+        for u, unit in enumerate(self._units):
+            unit.kv.kv = [(getattr(self, f"k_{u}_{n}"), getattr(self, f"v_{u}_{n}")) for n in range(len(unit.kv.kv))]
+            unit.kv._layouts = [{} for _ in unit.kv.kv]  # arrangements of the old tensors
+        return self

@@ -1,0 +1,1 @@
+"""Doubles of the parts of Forge's ``backend`` package the extension calls (see attention.py)."""

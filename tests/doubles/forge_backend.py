@@ -1,0 +1,176 @@
+"""Doubles of Forge's UNet patcher contract, in behaviour, from lllyasviel/stable-diffusion-webui-forge
+at dfdcbab6 (own implementations, no Forge code):
+
+* ``backend/patcher/unet.py`` + ``backend/patcher/base.py``: ``UnetPatcher`` with ``clone()``
+  (new object, ``model_options`` deep-copied, extra module list copied), ``model_options`` with
+  ``transformer_options["patches_replace"]["attn2"][key]`` written copy-on-write by
+  ``set_model_attn2_replace(patch, block_name, number, transformer_index=None)`` (key
+  ``(block, number)`` or ``(block, number, transformer_index)``), and
+  ``add_extra_torch_module_during_sampling(m, cast_to_unet_dtype=True)``.
+* ``backend/modules/k_prediction.py``: a discrete-sigma ``predictor`` with
+  ``percent_to_sigma`` (≤0 → a huge sigma, ≥1 → 0, else the sigma at timestep (1−p)·999).
+* ``backend/nn/unet.py``: ``forge_unet_forward`` runs an LDM UNet the way Forge's
+  ``IntegratedUNet2DConditionModel.forward`` does: ``transformer_options`` gets
+  ``original_shape`` and ``transformer_index`` (execution-order SpatialTransformer count), ``block``
+  = ``("input", i)`` / ``("middle", 0)`` / ``("output", i)``, ``block_index`` = depth index; each
+  transformer block builds ``extra_options`` (all transformer options but the patch tables, plus
+  ``n_heads``/``dim_head``), looks up the attn2 replace patch by the long key, then the short one,
+  and if found calls ``patch(to_q(n), to_k(ctx), to_v(ctx), extra_options)`` and ``to_out`` on the
+  result; otherwise ``CrossAttention.forward`` runs (to_q/k/v, ``attention_function``, to_out).
+
+The UNet modules are the WebUI's ``ldm`` ones (sdkit), which Forge's UNet mirrors layer for layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import torch
+from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
+from ldm.modules.diffusionmodules.util import timestep_embedding
+
+
+class ModelPatcher:
+    def __init__(self, model, load_device, offload_device, size=0, current_device=None):
+        self.model = model
+        self.load_device, self.offload_device = load_device, offload_device
+        self.model_options = {"transformer_options": {}}
+
+
+class UnetPatcher(ModelPatcher):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra_model_patchers_during_sampling = []
+
+    def clone(self):
+        n = UnetPatcher(self.model, self.load_device, self.offload_device)
+        n.model_options = copy.deepcopy(self.model_options)
+        n.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
+        return n
+
+    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
+        options = dict(self.model_options["transformer_options"])
+        tables = dict(options.get("patches_replace", {}))
+        table = dict(tables.get("attn2", {}))
+        key = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+        table[key] = patch
+        tables["attn2"] = table
+        options["patches_replace"] = tables
+        self.model_options["transformer_options"] = options
+
+    def add_extra_torch_module_during_sampling(self, m, cast_to_unet_dtype=True):
+        if cast_to_unet_dtype:
+            m.to(self.model.diffusion_model.dtype)
+        patcher = ModelPatcher(m, self.load_device, self.offload_device)
+        self.extra_model_patchers_during_sampling.append(patcher)
+        return patcher
+
+    def attn2_table(self):
+        return self.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+
+
+class Predictor:
+    """Discrete sigmas of SD's scaled-linear schedule (1000 timesteps)."""
+
+    def __init__(self):
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        alphas = torch.cumprod(1 - betas, 0)
+        self.sigmas = ((1 - alphas) / alphas) ** 0.5
+
+    def sigma(self, t: float) -> float:
+        lo = int(t)
+        hi = min(lo + 1, 999)
+        w = t - lo
+        return float(torch.exp((1 - w) * self.sigmas[lo].log() + w * self.sigmas[hi].log()))
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma((1.0 - percent) * 999.0)
+
+
+def unet_patcher(unet) -> UnetPatcher:
+    model = SimpleNamespace(diffusion_model=unet, predictor=Predictor(), computation_dtype=torch.float32)
+    return UnetPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def forge_unet_forward(unet, x, timesteps, context, transformer_options):
+    to = transformer_options
+    to["original_shape"] = list(x.shape)
+    to["transformer_index"] = 0
+    emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False).to(x.dtype))
+    hs, h = [], x
+    for i, module in enumerate(unet.input_blocks):
+        to["block"] = ("input", i)
+        h = _sequential(module, h, emb, context, to)
+        hs.append(h)
+    to["block"] = ("middle", 0)
+    h = _sequential(unet.middle_block, h, emb, context, to)
+    for i, module in enumerate(unet.output_blocks):
+        to["block"] = ("output", i)
+        h = _sequential(module, torch.cat([h, hs.pop()], dim=1), emb, context, to)
+    return unet.out(h)
+
+
+def _sequential(seq, x, emb, context, to):
+    for layer in seq:
+        if isinstance(layer, TimestepBlock):
+            x = layer(x, emb)
+        elif isinstance(layer, SpatialTransformer):
+            x = _spatial_transformer(layer, x, context, to)
+            to["transformer_index"] += 1
+        else:
+            x = layer(x)
+    return x
+
+
+def _spatial_transformer(st, x, context, to):
+    b, _, h, w = x.shape
+    x_in = x
+    x = st.norm(x)
+    if not st.use_linear:
+        x = st.proj_in(x)
+    x = x.flatten(2).transpose(1, 2).contiguous()
+    if st.use_linear:
+        x = st.proj_in(x)
+    for i, block in enumerate(st.transformer_blocks):
+        to["block_index"] = i
+        x = _transformer_block(block, x, context, to)
+    if st.use_linear:
+        x = st.proj_out(x)
+    x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
+    if not st.use_linear:
+        x = st.proj_out(x)
+    return x + x_in
+
+
+def _transformer_block(block, x, context, to):
+    extra = {k: v for k, v in to.items() if k not in ("patches", "patches_replace")}
+    attn2 = block.attn2
+    extra["n_heads"] = attn2.heads
+    extra["dim_head"] = attn2.to_q.out_features // attn2.heads
+    where = to.get("block")
+    long_key = (where[0], where[1], to.get("block_index", 0)) if where is not None else None
+    n = block.norm1(x)
+    x = _cross_attention(block.attn1, n, context if block.disable_self_attn else n) + x
+    n = block.norm2(x)
+    table = to.get("patches_replace", {}).get("attn2", {})
+    key = long_key if long_key in table else where
+    if key in table:
+        n = table[key](attn2.to_q(n), attn2.to_k(context), attn2.to_v(context), extra)
+        n = attn2.to_out(n)
+    else:
+        n = _cross_attention(attn2, n, context)
+    x = n + x
+    return block.ff(block.norm3(x)) + x
+
+
+def _cross_attention(attn, x, context):
+    """Forge's ``CrossAttention.forward``: projections, then ``attention_function``, then ``to_out``."""
+    from backend.attention import attention_function
+
+    return attn.to_out(attention_function(attn.to_q(x), attn.to_k(context), attn.to_v(context), attn.heads))

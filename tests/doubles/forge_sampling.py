@@ -1,0 +1,161 @@
+"""Doubles of Forge's sampling path, in behaviour, from lllyasviel/stable-diffusion-webui-forge at
+dfdcbab6 (own implementations, no Forge code):
+
+* ``modules/processing.py``: before each pass ``forge_objects`` is reset to a shallow copy of
+  ``forge_objects_after_applying_lora``, a new sampler is made, then the scripts'
+  ``process_before_every_sampling`` runs (its exceptions logged, not raised).
+* ``modules/sd_samplers_cfg_denoiser.py``: ``on_cfg_denoiser`` gets (x, sigma, step, total) before
+  the model runs.
+* ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: conds and unconds become
+  chunks of B rows; ``transformer_options`` is a shallow copy of the patcher's, plus
+  ``cond_or_uncond`` (one 0/1 per chunk, uncond first when both fit in one call, since Forge
+  batches the list in reverse) and ``sigmas``; the UNet runs once per batch of chunks.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from modules import script_callbacks, shared
+
+from tests.doubles.forge_backend import forge_unet_forward
+
+#: How chunks are put into UNet calls: Forge's memory check decides between one call and several.
+BATCHINGS = {
+    "joint": [[1, 0]],  # both fit: the reversed list, uncond chunk first
+    "split": [[1], [0]],  # one chunk per call
+    "cond_first": [[0, 1]],  # not produced by dfdcbab6, accepted anyway
+}
+
+
+class ForgeObjects:
+    def __init__(self, unet):
+        self.unet = unet
+
+    def shallow_copy(self):
+        return ForgeObjects(self.unet)
+
+
+class ForgeModel:
+    """``ForgeDiffusionEngine``: no ``.model``; the UNet lives in ``forge_objects.unet``."""
+
+    def __init__(self, patcher):
+        self.forge_objects = ForgeObjects(patcher)
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_sd3 = True, False, False, False
+
+
+@dataclass
+class Call:
+    cond_or_uncond: list[int]
+    x: torch.Tensor
+    context: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    out: torch.Tensor
+
+
+class Denoiser:
+    def __init__(self, p, total):
+        self.p, self.step, self.total_steps, self.calls = p, 0, total, []
+
+    def model(self, x, sigma, chunks, cond, uncond):
+        patcher = self.p.sd_model.forge_objects.unet
+        to = dict(patcher.model_options.get("transformer_options", {}))
+        to["cond_or_uncond"] = list(chunks)
+        to["sigmas"] = sigma
+        x_in = torch.cat([x] * len(chunks))
+        context = torch.cat([uncond if c else cond for c in chunks])
+        t = torch.cat([(sigma * 10).long()] * len(chunks))
+        out = forge_unet_forward(patcher.model.diffusion_model, x_in, t, context, to)
+        self.calls.append(Call(list(chunks), x_in, context, t, sigma, out))
+        return out.chunk(len(chunks))
+
+    def forward(self, x, sigma, cond, uncond, skip_uncond=False):
+        params = script_callbacks.CFGDenoiserParams(x, None, sigma, self.step, self.total_steps, cond, uncond, self)
+        script_callbacks.cfg_denoiser_callback(params)
+        outs = {}
+        for chunks in [[0]] if skip_uncond else BATCHINGS[self.p.batching]:
+            for c, o in zip(chunks, self.model(x, sigma, chunks, cond, uncond), strict=True):
+                outs[c] = o
+        self.step += 1
+        if skip_uncond:
+            return outs[0]
+        return outs[1] + 5.0 * (outs[0] - outs[1])
+
+
+class Sampler:
+    def __init__(self, p):
+        self.p, self.denoiser = p, None
+
+    def _loop(self, x, cond, uncond):
+        predictor = self.p.sd_model.forge_objects.unet.model.predictor
+        steps = self.p.steps
+        self.denoiser = Denoiser(self.p, steps)
+        ts = torch.linspace(999, 100, steps)
+        for i in range(steps):
+            sigma = torch.full((x.shape[0],), predictor.sigma(float(ts[i])))
+            denoised = self.denoiser.forward(x, sigma, cond, uncond, skip_uncond=i in self.p.skip_uncond_steps)
+            x = x + 0.1 * (denoised - x)
+        return x
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, image_conditioning=None):
+        return self._loop(x, conditioning, unconditional_conditioning)
+
+    def sample_img2img(
+        self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None
+    ):
+        return self._loop(x + 0.5 * noise, conditioning, unconditional_conditioning)
+
+
+@dataclass
+class ForgeProcessing:
+    sd_model: object
+    cond: torch.Tensor  # [B, T, ctx]
+    uncond: torch.Tensor
+    batch: int = 1
+    latent: int = 8
+    steps: int = 3
+    batching: str = "joint"
+    enable_hr: bool = False
+    skip_uncond_steps: set = field(default_factory=set)
+    is_hr_pass: bool = False
+    is_api: bool = False
+    sampler: Sampler | None = None
+    samplers: list = field(default_factory=list)
+    extra_generation_params: dict = field(default_factory=dict)
+
+
+def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = None):
+    errors = [] if errors is None else errors
+
+    def new_pass(x):
+        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        p.sampler = Sampler(p)
+        p.samplers.append(p.sampler)
+        try:
+            script.process_before_every_sampling(p, *args, x=x, noise=x, c=p.cond, uc=p.uncond)
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    shared.sd_model = p.sd_model
+    try:
+        script.process(p, *args)
+    except Exception:
+        errors.append(traceback.format_exc())
+    x = torch.randn(p.batch, 4, p.latent, p.latent, generator=torch.Generator().manual_seed(0))
+    new_pass(x)
+    samples = p.sampler.sample(p, x, p.cond, p.uncond)
+    if p.enable_hr:
+        p.is_hr_pass = True
+        new_pass(torch.nn.functional.interpolate(samples, scale_factor=2))
+        samples = p.sampler.sample_img2img(p, torch.nn.functional.interpolate(samples, scale_factor=2),
+                                           torch.zeros_like(torch.nn.functional.interpolate(samples, scale_factor=2)),
+                                           p.cond, p.uncond)  # fmt: skip
+        p.is_hr_pass = False
+    script.postprocess(p, SimpleNamespace(images=[samples]), *args)
+    return samples
