@@ -245,3 +245,16 @@ def test_bad_new_fields_name_the_unit_and_the_field(change, message):
 
     with pytest.raises(IPAdapterError, match=f"IP-Adapter unit 2.*{message}"):
         validate_unit({"image": _b64(_image()), "model": "m", **change}, 2).to_request(2)
+
+
+def test_ui_uploads_open_only_inside_gradios_upload_folders(tmp_path, monkeypatch):
+    inside = tmp_path / "upload.png"
+    _image(5).save(inside)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "elsewhere"))
+    ((_, unit),) = parse_script_args(_ui_args({"image": _image(1), "more_images": [str(inside)], "model": "a"}))
+    assert np.array_equal(np.asarray(unit.images()[1]), np.asarray(_image(5)))  # gradio 4: a path string
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    for outside in (str(inside), {"name": str(inside)}):
+        with pytest.raises(IPAdapterError, match="only files uploaded through the UI can be read"):
+            parse_script_args(_ui_args({"image": _image(1), "more_images": [outside], "model": "a"}))

@@ -58,6 +58,14 @@ class UnitKV:
     def __len__(self) -> int:
         return len(self.kv)
 
+    def replace(self, kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Swap in moved copies of the per-layer K/V (a host's memory manager moved them); the
+        cached row arrangements refer to the old tensors, so they are dropped."""
+        if len(kv) != len(self.kv):
+            raise ValueError(f"expected K/V for {len(self.kv)} layers, got {len(kv)}")
+        self.kv = list(kv)
+        self._layouts = [{} for _ in self.kv]
+
     def rows(self, layer: int, cond_rows: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V with one row per attention row: ``cond_rows[i]`` says whether row i is cond."""
         layout = tuple(bool(r) for r in cond_rows)

@@ -182,6 +182,5 @@ class KVModule(nn.Module):
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> KVModule:
         super()._apply(fn, *args, **kwargs)
         for u, unit in enumerate(self._units):
-            unit.kv.kv = [(getattr(self, f"k_{u}_{n}"), getattr(self, f"v_{u}_{n}")) for n in range(len(unit.kv.kv))]
-            unit.kv._layouts = [{} for _ in unit.kv.kv]  # arrangements of the old tensors
+            unit.kv.replace([(getattr(self, f"k_{u}_{n}"), getattr(self, f"v_{u}_{n}")) for n in range(len(unit.kv))])
         return self

@@ -5,6 +5,8 @@ No gradio import: the script's arguments are plain values by the time they arriv
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +14,39 @@ from typing import Any
 from PIL import Image
 
 from ..api.payload import api_units, validate_unit
+from ..core.errors import IPAdapterError
 from ..schema import IPAdapterUnit
 from .layout import NONE, UNIT_FIELDS
 
 
+def _upload_dirs() -> list[Path]:
+    """Where gradio stores uploads: its temp folder (``GRADIO_TEMP_DIR``) or the system's."""
+    dirs = [Path(tempfile.gettempdir())]
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        dirs.append(Path(os.environ["GRADIO_TEMP_DIR"]))
+    return [d.resolve() for d in dirs]
+
+
 def _open(item: Any) -> Any:
-    """gradio 3 hands uploaded files over as temp-file objects with a ``.name`` path."""
-    name = getattr(item, "name", None) if not isinstance(item, (str, bytes)) else None
-    if name is None and isinstance(item, dict):
-        name = item.get("name")
-    if name:
-        with Image.open(Path(name)) as im:
-            return im.convert("RGB")
-    return item
+    """An uploaded file → RGB image. gradio 3 hands uploads over as temp-file objects with a
+    ``.name`` path, gradio 4 as path strings. Only files inside gradio's upload folders are
+    opened, so a positional API request cannot make the server read other files; base64 strings
+    (the API's form) are left to the unit schema."""
+    if isinstance(item, str):
+        if not Path(item).is_absolute():
+            return item  # base64
+        name: Any = item
+    else:
+        name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
+    if not name:
+        return item
+    path = Path(str(name)).resolve()
+    if not any(path.is_relative_to(d) for d in _upload_dirs()):
+        raise IPAdapterError(
+            "More reference images: only files uploaded through the UI can be read. Send images as base64 in the API."
+        )
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
