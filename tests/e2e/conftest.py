@@ -80,6 +80,12 @@ def model(webui: WebUI) -> str:
     answer = webui.client.get("/ipadapter/v1/models?refresh=true")
     assert answer.status == 200, answer.text
     models = answer.json()["models"]
+    if models and all(m["compatible"] is None for m in models):  # no checkpoint loaded yet (Forge loads lazily)
+        warm = webui.client.post("/sdapi/v1/txt2img", {"prompt": "", "steps": 1, "width": 64, "height": 64})
+        assert warm.status == 200, warm.text
+        answer = webui.client.get("/ipadapter/v1/models?refresh=true")
+        assert answer.status == 200, answer.text
+        models = answer.json()["models"]
     wanted = os.environ.get("WEBUI_IPADAPTER_MODEL")
     if wanted:
         found = [m for m in models if m["name"] == wanted]

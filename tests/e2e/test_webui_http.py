@@ -131,6 +131,7 @@ def test_hires_fix(webui: WebUI, model: str):
         "hr_second_pass_steps": 2,
         "denoising_strength": 0.5,
         "hr_upscaler": "Latent",
+        "hr_additional_modules": ["Use same choices"],  # Forge's API fails on None; A1111 ignores it
     }
     plain = generate(webui.client, txt2img_payload(**hires))[0]
     image = generate(webui.client, with_units(txt2img_payload(**hires), unit(model)))[0]

@@ -274,7 +274,8 @@ class WebUIProcess:
                 raise RuntimeError(
                     f"the WebUI exited with code {self.proc.returncode} before answering:\n{self.tail()}"
                 )
-            if client.answers("/sdapi/v1/options", timeout=5.0):
+            # the extension's routes come from an app_started callback, which runs after the API's
+            if all(client.answers(path, timeout=5.0) for path in ("/sdapi/v1/options", "/ipadapter/v1/version")):
                 return time.monotonic() - start
             time.sleep(1.0)
         raise TimeoutError(f"the WebUI did not answer /sdapi/v1/options within {timeout:.0f} s:\n{self.tail()}")
