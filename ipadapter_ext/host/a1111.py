@@ -17,7 +17,6 @@ Lifetime of the hooks, per generation:
 
 from __future__ import annotations
 
-import logging
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +30,9 @@ from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
     drop_state,
-    failed_to_prepare,
     get_state,
     new_state,
+    prepare_or_record,
     register_common,
     register_xyz,
     step_progress,
@@ -52,8 +51,6 @@ __all__ = [
     "register_xyz",
     "unet_layout",
 ]
-
-log = logging.getLogger("ipadapter")
 
 
 # -- per-job state ----------------------------------------------------------------------------
@@ -119,13 +116,7 @@ def before_sampling(p: Any) -> None:
     if state.skip_hires(p):
         state.detach()
         return
-    try:
-        state.ensure_job(p.sd_model)
-    except IPAdapterError as exc:
-        state.error = exc
-    except Exception as exc:
-        log.exception("IP-Adapter failed to prepare")
-        state.error = failed_to_prepare(exc)
+    prepare_or_record(state, lambda: state.ensure_job(p.sd_model))
 
 
 def on_cfg_denoiser(params: Any) -> None:

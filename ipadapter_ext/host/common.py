@@ -9,6 +9,7 @@ logs the same and fails the same way on either host.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .models import _current_placement, engine, loaded_signature, model_hash
 from .settings import opt, register_settings
+
+log = logging.getLogger("ipadapter")
 
 STATE_ATTR = "ipadapter_state"
 
@@ -97,6 +100,17 @@ def drop_state(p: Any) -> None:
 def failed_to_prepare(exc: Exception) -> IPAdapterError:
     """A bug must never turn into a silent generation without the unit: it becomes the error."""
     return IPAdapterError(f"IP-Adapter failed to prepare: {type(exc).__name__}: {exc}")
+
+
+def prepare_or_record(state: StateBase, prepare: Callable[[], None]) -> None:
+    """Run ``prepare``; any failure becomes ``state.error``, raised when sampling starts."""
+    try:
+        prepare()
+    except IPAdapterError as exc:
+        state.error = exc
+    except Exception as exc:
+        log.exception("IP-Adapter failed to prepare")
+        state.error = failed_to_prepare(exc)
 
 
 def wrap_sampler(p: Any, state: StateBase, after: Callable[[], None] | None = None) -> None:

@@ -17,18 +17,16 @@ Lifetime, per generation:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.errors import IPAdapterError
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
     drop_state,
-    failed_to_prepare,
     get_state,
     new_state,
+    prepare_or_record,
     register_common,
     register_xyz,
     step_progress,
@@ -38,8 +36,6 @@ from .forge_patch import Attn2Patch, ForgeRun, KVModule, StepClock
 from .models import attn2_slots, engine, forge_placement, unet_layout
 
 __all__ = ["build_ui", "download_models", "engine", "register_xyz"]
-
-log = logging.getLogger("ipadapter")
 
 BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's patch class
 
@@ -117,13 +113,7 @@ def before_sampling(p: Any) -> None:
     wrap_sampler(p, state)  # Forge resets the patcher each pass: nothing to remove afterwards
     if state.error is not None or state.skip_hires(p):
         return
-    try:
-        state.patch(p.sd_model)
-    except IPAdapterError as exc:
-        state.error = exc
-    except Exception as exc:
-        log.exception("IP-Adapter failed to prepare")
-        state.error = failed_to_prepare(exc)
+    prepare_or_record(state, lambda: state.patch(p.sd_model))
 
 
 def on_cfg_denoiser(params: Any) -> None:
