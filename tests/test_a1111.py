@@ -246,3 +246,16 @@ def test_hires_pass_can_be_excluded(webui, capsys):
     for call in hr:  # the hires pass runs without it: equal to the UNet alone on the same inputs
         torch.testing.assert_close(call.out, webui.unet(call.x, call.timesteps, context=call.context))
     assert "not applied on the hires pass" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_an_unexpected_failure_while_preparing_stops_the_generation_with_its_name(webui, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(a1111.engine(), "prepare", broken)
+    with pytest.raises(IPAdapterError, match="IP-Adapter failed to prepare: RuntimeError: boom"):
+        run_job(webui.script, unit_args(PLUS), job(webui.model))
+    assert no_hooks_left(webui.unet)
+    monkeypatch.undo()
+    assert run_job(webui.script, unit_args(PLUS), job(webui.model)) is not None
