@@ -63,7 +63,7 @@ class IPAdapterUnit(BaseModel):
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
-        return number_list(value, "numbers", WEIGHT_RANGE[0], WEIGHT_RANGE[1])
+        return number_list(value, WEIGHT_RANGE[0], WEIGHT_RANGE[1])
 
     @_before("weight_type", "weight_mode", "combine", "crop")
     def _choice(cls, value: Any) -> Any:

@@ -94,7 +94,7 @@ def decode_mask(value: Any, where: str) -> torch.Tensor | None:
     return mask_tensor(value, where)
 
 
-def number_list(value: Any, name: str, low: float, high: float) -> list[float] | None:
+def number_list(value: Any, low: float, high: float) -> list[float] | None:
     """``[1, 0.5]``, ``"1, 0.5"`` or ``"1 0.5"`` → floats in [low, high]; empty → ``None``."""
     if value is None:
         return None
@@ -112,7 +112,7 @@ def number_list(value: Any, name: str, low: float, high: float) -> list[float] |
             number = float(item)
         except (TypeError, ValueError):
             raise ValueError(f"{item!r} is not a number") from None
-        if not low <= number <= high or number != number:
+        if not low <= number <= high:  # also refuses NaN
             raise ValueError(f"{number:g} is outside [{low:g}, {high:g}]")
         out.append(number)
     return out
