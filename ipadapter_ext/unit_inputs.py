@@ -79,6 +79,16 @@ def _editor_mask(value: dict) -> Any:
     return value.get("background")
 
 
+def image_given(value: Any) -> bool:
+    """Whether an image input holds anything: an empty gradio 4 editor is a dict of ``None`` s,
+    an empty API field an empty string."""
+    if isinstance(value, dict):
+        return _editor_mask(value) is not None
+    if isinstance(value, str):
+        return bool(value)
+    return value is not None
+
+
 def decode_mask(value: Any, where: str) -> torch.Tensor | None:
     """A mask in any accepted form → float [H, W] in [0, 1] (white: the unit acts), or ``None``."""
     if value is None:

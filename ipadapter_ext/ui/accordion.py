@@ -73,39 +73,53 @@ def _downloads(elem_id: Callable[[str], str], hooks: UiHooks) -> None:
         start.click(hooks.download, inputs=[names], outputs=[status])
 
 
+def unit_label(number: int, text: str) -> str:
+    """A unit control's label: unique per unit, because the WebUI's ui-config.json stores each
+    control's saved value under its label. With one "Weight" label for all units, the first unit's
+    default would be applied to every unit (Unit 1's "Enable" ticking Units 2 and 3), and a value
+    saved as default for one unit would apply to all. ``javascript/ipadapter.js`` keys its hover
+    hints on the same labels."""
+    if text == "Enable":
+        return f"Enable unit {number}"
+    return f"Unit {number} {text[0].lower()}{text[1:]}"
+
+
 def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> dict[str, Any]:
     def eid(name: str) -> str:
         return elem_id(f"unit_{i + 1}_{name}")
 
-    enabled = gr.Checkbox(label="Enable", value=i == 0, elem_id=eid("enabled"))
+    def label(text: str) -> str:
+        return unit_label(i + 1, text)
+
+    enabled = gr.Checkbox(label=label("Enable"), value=i == 0, elem_id=eid("enabled"))
     with gr.Row():
-        image = gr.Image(label="Reference image", type="pil", elem_id=eid("image"))
+        image = gr.Image(label=label("Reference image"), type="pil", elem_id=eid("image"))
         more = gr.File(
-            label="More reference images (optional)", file_count="multiple", file_types=["image"], elem_id=eid("more")
+            label=label("More reference images (optional)"), file_count="multiple", file_types=["image"], elem_id=eid("more")
         )
     with gr.Row():
-        model = gr.Dropdown(label="Model", choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model"))
+        model = gr.Dropdown(label=label("Model"), choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model"))
         encoder = gr.Dropdown(
-            label="Image encoder", choices=[DEFAULTS.encoder, *hooks.encoder_names()], value=DEFAULTS.encoder,
+            label=label("Image encoder"), choices=[DEFAULTS.encoder, *hooks.encoder_names()], value=DEFAULTS.encoder,
             elem_id=eid("encoder"),
         )  # fmt: skip
         refresh = tool_button_cls(value="\U0001f504", elem_id=eid("refresh"))
     info = gr.Markdown("", elem_id=eid("info"))
-    weight = gr.Slider(label="Weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
+    weight = gr.Slider(label=label("Weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                        value=hooks.default_weight, elem_id=eid("weight"))  # fmt: skip
     with gr.Row():
-        start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
-        end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))
+        start = gr.Slider(label=label("Start"), minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
+        end = gr.Slider(label=label("End"), minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))
     with gr.Row():
         crop = gr.Dropdown(
-            label="Crop", choices=[m.value for m in CropMode], value=DEFAULTS.crop.value, elem_id=eid("crop")
+            label=label("Crop"), choices=[m.value for m in CropMode], value=DEFAULTS.crop.value, elem_id=eid("crop")
         )
-        weight_type = gr.Dropdown(label="Weight type", choices=[t.value for t in WeightType],
+        weight_type = gr.Dropdown(label=label("Weight type"), choices=[t.value for t in WeightType],
                                   value=DEFAULTS.weight_type.value, elem_id=eid("weight_type"))  # fmt: skip
-    composition = gr.Slider(label="Composition weight", minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
+    composition = gr.Slider(label=label("Composition weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                             value=DEFAULTS.composition_weight, visible=False, elem_id=eid("composition_weight"))  # fmt: skip
     type_info = gr.Markdown(DESCRIPTIONS[DEFAULTS.weight_type], elem_id=eid("weight_type_info"))
-    advanced = _advanced(eid)
+    advanced = _advanced(eid, label)
 
     def on_weight_type(kind: str):
         known = kind in {t.value for t in WeightType}
@@ -132,24 +146,24 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
     return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info, "weight_type_info": type_info}
 
 
-def _advanced(eid: Callable[[str], str]) -> list:
+def _advanced(eid: Callable[[str], str], label: Callable[[str], str]) -> list:
     """Weight mode, per-layer weights, combining several images, the negative side and the mask."""
     with gr.Accordion("Advanced", open=False, elem_id=eid("advanced")):
         with gr.Row():
-            mode = gr.Dropdown(label="Weight mode", choices=[m.value for m in WeightMode],
+            mode = gr.Dropdown(label=label("Weight mode"), choices=[m.value for m in WeightMode],
                                value=DEFAULTS.weight_mode.value, elem_id=eid("weight_mode"))  # fmt: skip
-            combine = gr.Dropdown(label="Combine images", choices=[c.value for c in CombineMode],
+            combine = gr.Dropdown(label=label("Combine images"), choices=[c.value for c in CombineMode],
                                   value=DEFAULTS.combine.value, elem_id=eid("combine"))  # fmt: skip
         layer_weights = gr.Textbox(
-            label="Layer weights (optional: 16 numbers for SD1.5, 11 for SDXL; replaces the weight type)",
+            label=label("Layer weights (optional: 16 numbers for SD1.5, 11 for SDXL; replaces the weight type)"),
             placeholder="e.g. 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0", elem_id=eid("layer_weights"),
         )  # fmt: skip
-        image_weights = gr.Textbox(label="Image weights (optional: one per reference image)",
+        image_weights = gr.Textbox(label=label("Image weights (optional: one per reference image)"),
                                    placeholder="e.g. 1, 0.5", elem_id=eid("image_weights"))  # fmt: skip
         with gr.Row():
-            negative = gr.Image(label="Negative image (optional)", type="pil", elem_id=eid("negative_image"))
-            mask = mask_input("Mask (optional)", eid("mask"))
+            negative = gr.Image(label=label("Negative image (optional)"), type="pil", elem_id=eid("negative_image"))
+            mask = mask_input(label("Mask (optional)"), eid("mask"))
         gr.Markdown(HINT, elem_id=eid("mask_hint"))
-        noise = gr.Slider(label="Noise (uncond: the negative image, or the references, blended with noise)",
+        noise = gr.Slider(label=label("Noise (uncond: the negative image, or the references, blended with noise)"),
                           minimum=0, maximum=1, step=0.05, value=DEFAULTS.noise, elem_id=eid("noise"))  # fmt: skip
     return [mode, layer_weights, combine, image_weights, negative, noise, mask]

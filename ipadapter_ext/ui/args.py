@@ -16,6 +16,7 @@ from PIL import Image
 from ..api.payload import api_units, validate_unit
 from ..core.errors import IPAdapterError
 from ..schema import IPAdapterUnit
+from ..unit_inputs import image_given
 from .layout import NONE, UNIT_FIELDS
 
 
@@ -49,6 +50,20 @@ def _open(item: Any) -> Any:
         return im.convert("RGB")
 
 
+def _untouched(values: dict[str, Any]) -> bool:
+    """An enabled unit the user has not started to fill in: no image of any kind and no model.
+
+    Such a unit is skipped, not an error. Its "enabled" may come from a saved UI default rather
+    than from the user (ui-config.json, an older version's shared label), and a unit tab nobody
+    looked at must never stop a generation. Once an image or a model is set, a missing piece is
+    an error naming the unit, so a half-configured unit never silently does nothing."""
+    has_model = values["model"] not in (None, "", NONE)
+    has_image = any(image_given(values[name]) for name in ("image", "negative_image", "mask")) or bool(
+        values["more_images"]
+    )
+    return not (has_model or has_image)
+
+
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N]``
     from the UI, or JSON unit objects from the API."""
@@ -63,7 +78,7 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     for start in range(0, len(rest) - width + 1, width):
         values = dict(zip(UNIT_FIELDS, rest[start : start + width], strict=True))
         number = start // width + 1
-        if not values["enabled"]:
+        if not values["enabled"] or _untouched(values):
             continue
         images = [values.pop("image"), *[_open(f) for f in (values.pop("more_images") or [])]]
         values["image"] = [im for im in images if im is not None]
