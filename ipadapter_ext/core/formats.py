@@ -5,16 +5,22 @@ Two containers exist in the wild: the original ``.bin`` pickle holding a nested 
 flat ``image_proj.`` / ``ip_adapter.`` prefixes (some community files use ``adapter_modules.``
 instead of ``ip_adapter.``). Both are normalised to :class:`AdapterTensors`.
 
-Pickles are only ever read with ``torch.load(..., weights_only=True)``: a model file downloaded
-from the internet must not be able to run code.
+Pickles are only ever read by torch's weights-only unpickler: a model file downloaded from the
+internet must not be able to run code. It is called as ``torch.serialization.load``, not through
+the global ``torch.load``, which hosts replace: A1111's ``modules/safe.py`` swaps in a checker
+whose 2023 allow-list refuses the ``.format_version`` and ``.storage_alignment`` entries current
+torch writes, and answers ``None`` with a "may be malicious" traceback for a legitimate file.
+Our loader is already safe, so it neither needs nor may be broken by that replacement.
 
 Shapes can be read without loading any tensor data (:func:`read_shapes`), which is what model
-listing and detection use, so scanning a folder of multi-GB files stays fast.
+listing and detection use, so scanning a folder of multi-GB files stays fast: safetensors by
+their header, zip-format pickles memory-mapped (only the pages of the pickle itself are read).
 """
 
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +67,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
 
 
-def _read_pickle(path: Path) -> dict:
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+def _read_pickle(path: Path, mmap: bool = False) -> dict:
+    """``mmap`` maps the tensor data instead of reading it (zip-format files, torch ≥ 2.1): the
+    tensors are valid, and only the bytes touched are ever read."""
+    load = torch.serialization.load  # not torch.load: see the module docstring
+    obj = load(str(path), map_location="cpu", weights_only=True, **({"mmap": True} if mmap else {}))
     if not isinstance(obj, Mapping):
         raise ModelFileError(
             f"{path.name}: the file holds a {type(obj).__name__}, not a dictionary of tensors. "
@@ -93,8 +102,9 @@ def _unpickling_reason(exc: Exception) -> str:
     return "unsupported content"
 
 
-def read_flat_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors in a model file under flat dotted keys, with errors a user can act on."""
+def read_flat_tensors(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors in a model file under flat dotted keys, with errors a user can act on.
+    ``mmap``: map a zip-format pickle's tensor data rather than read it (see :func:`read_shapes`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file.")
@@ -103,7 +113,7 @@ def read_flat_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if suffix in SAFETENSORS_SUFFIXES:
             return _read_safetensors(path)
         if suffix in PICKLE_SUFFIXES:
-            return _flatten(_read_pickle(path))
+            return _flatten(_read_pickle(path, mmap=mmap and zipfile.is_zipfile(path)))
     except ModelFileError:
         raise
     except pickle.UnpicklingError as exc:
@@ -135,7 +145,7 @@ def read_shapes(path: str | Path) -> dict[str, Shape]:
                 f"{path.name}: cannot read the safetensors header ({exc}). "
                 "The file may be truncated or corrupt: download it again."
             ) from exc
-    return {k: tuple(v.shape) for k, v in read_flat_tensors(path).items()}
+    return {k: tuple(v.shape) for k, v in read_flat_tensors(path, mmap=True).items()}
 
 
 def guess_content(keys: list[str] | tuple[str, ...] | set[str]) -> str:
