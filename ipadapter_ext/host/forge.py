@@ -70,12 +70,18 @@ def register_patches(patcher: Any, run: ForgeRun) -> None:
     Forge tries ``(block, id, depth_index)`` first, then ``(block, id)``. A patch already on either
     key (Forge's built-in IP-Adapter uses the short key for SD1.5) is wrapped, and ours goes on the
     long key, which Forge finds first, so exactly one chain runs per block.
+
+    A patch of ours already there is taken off the chain: Forge calls the per-pass hook twice for
+    the hires pass, the first time before it resets the patcher, so the first pass's patches are
+    still on it. Chaining them would double the image term (and report a foreign patch).
     """
     slots, _ = attn2_slots(patcher.model.diffusion_model)
     table = patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for slot in slots:
         long_key = (slot.block, slot.block_id, slot.depth_index)
         previous = table.get(long_key, table.get((slot.block, slot.block_id)))
+        while isinstance(previous, Attn2Patch):  # our own, from this job's previous pass: replaced, not chained
+            previous = previous.previous
         if previous is not None:
             name = type(previous).__name__
             run.chained[name] = run.chained.get(name, 0) + 1

@@ -3,7 +3,9 @@ dfdcbab6 (own implementations, no Forge code):
 
 * ``modules/processing.py``: before each pass ``forge_objects`` is reset to a shallow copy of
   ``forge_objects_after_applying_lora``, a new sampler is made, then the scripts'
-  ``process_before_every_sampling`` runs (its exceptions logged, not raised).
+  ``process_before_every_sampling`` runs (its exceptions logged, not raised). For the hires pass
+  ``sample_hr_pass`` calls it twice: once *before* that reset, on the first pass's objects (with
+  the hires sampler already made), then again after it.
 * ``modules/sd_samplers_cfg_denoiser.py``: ``on_cfg_denoiser`` gets (x, sigma, step, total) before
   the model runs.
 * ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: conds and unconds become
@@ -133,14 +135,22 @@ class ForgeProcessing:
 def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = None):
     errors = [] if errors is None else errors
 
-    def new_pass(x):
-        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        p.sampler = Sampler(p)
-        p.samplers.append(p.sampler)
+    def hook(x):
         try:
             script.process_before_every_sampling(p, *args, x=x, noise=x, c=p.cond, uc=p.uncond)
         except Exception:
             errors.append(traceback.format_exc())
+
+    def new_pass(x, hires=False):
+        if hires:  # sample_hr_pass calls the hook once more *before* resetting the objects
+            p.sampler = Sampler(p)
+            p.samplers.append(p.sampler)
+            hook(x)
+        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        if not hires:
+            p.sampler = Sampler(p)
+            p.samplers.append(p.sampler)
+        hook(x)
 
     shared.sd_model = p.sd_model
     try:
@@ -152,7 +162,7 @@ def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = N
     samples = p.sampler.sample(p, x, p.cond, p.uncond)
     if p.enable_hr:
         p.is_hr_pass = True
-        new_pass(torch.nn.functional.interpolate(samples, scale_factor=2))
+        new_pass(torch.nn.functional.interpolate(samples, scale_factor=2), hires=True)
         samples = p.sampler.sample_img2img(p, torch.nn.functional.interpolate(samples, scale_factor=2),
                                            torch.zeros_like(torch.nn.functional.interpolate(samples, scale_factor=2)),
                                            p.cond, p.uncond)  # fmt: skip
