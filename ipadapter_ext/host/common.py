@@ -24,7 +24,7 @@ from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .models import _current_placement, engine, loaded_signature, model_hash
-from .settings import opt, register_settings
+from .settings import opt, register_settings, settings_registered
 
 log = logging.getLogger("ipadapter")
 
@@ -145,10 +145,19 @@ def step_progress(params: Any) -> float:
 
 
 def register_common(script_callbacks: Any) -> None:
-    """Settings, HTTP routes and X/Y/Z axes: the same on both hosts."""
+    """Settings, HTTP routes and X/Y/Z axes: the same on both hosts.
+
+    An API-only server (``--nowebui``) builds the scripts' UI inside the API's constructor, before
+    ``on_before_ui`` runs, so the X/Y/Z script would snapshot its axis list without ours. The
+    axes are therefore also added right now, at script load: the plot script (a built-in script)
+    is loaded before extensions, and adding them only appends a few small objects (model names
+    are listed lazily). ``on_before_ui`` stays for a plot script loaded after this one. Settings
+    are likewise registered on app start when no UI build has done it.
+    """
     script_callbacks.on_ui_settings(register_settings, name="ipadapter_settings")
     script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
-    if hasattr(script_callbacks, "on_before_ui"):  # before the X/Y/Z plot script builds its axis list
+    register_xyz()
+    if hasattr(script_callbacks, "on_before_ui"):
         script_callbacks.on_before_ui(register_xyz, name="ipadapter_xyz_axes")
 
 
@@ -159,6 +168,9 @@ def register_xyz() -> None:
 
 def _app_started(_demo: Any, app: Any) -> None:
     from ..api.routes import register_routes
+
+    if not settings_registered():
+        register_settings()
 
     register_routes(app, engine, loaded_signature, _current_placement)
     install_bare_unit(app)
