@@ -220,6 +220,9 @@ class WebUIProcess:
     def __init__(self, root: Path, log_path: Path, checkpoint: Path | None = None) -> None:
         self.root = root
         self.log_path = log_path
+        #: a fresh, private ui-config.json and config.json: what a new user has, and nothing the
+        #: suite does (options it sets, defaults it saves) leaks into the install's own files
+        self.config_dir = log_path.parent
         self.python = os.environ.get("WEBUI_PYTHON") or str(root / "venv" / "bin" / "python")
         extra = shlex.split(os.environ.get("WEBUI_ARGS", ""))
         forbidden = [a for a in extra if a.split("=")[0] in ("--listen", "--port", "--server-name")]
@@ -227,6 +230,9 @@ class WebUIProcess:
             raise ValueError(f"WEBUI_ARGS must not set {forbidden}: the suite binds 127.0.0.1 on a free port itself")
         if checkpoint is not None and not any(a.split("=")[0] == "--ckpt" for a in extra):
             extra += ["--ckpt", str(checkpoint)]  # the checkpoint the adapter was sized to
+        for flag, name in (("--ui-config-file", "ui-config.json"), ("--ui-settings-file", "config.json")):
+            if not any(a.split("=")[0] == flag for a in extra):
+                extra += [flag, str(self.config_dir / name)]
         self.port = free_port()
         if port_in_use(self.port):  # pragma: no cover - a race with another process
             raise RuntimeError(f"port {self.port} was taken before the WebUI could start")
