@@ -76,7 +76,19 @@ def _editor_mask(value: dict) -> Any:
     ]
     if alphas and any(a.any() for a in alphas):
         return np.maximum.reduce(alphas)
-    return value.get("background")
+    background = value.get("background")
+    return None if _transparent(background) else background
+
+
+def _transparent(image: Any) -> bool:
+    """gradio 4's editor sends an untouched canvas as a fully transparent 800×600 background: that
+    is no mask, not a black one."""
+    if image is None:
+        return True
+    if isinstance(image, Image.Image):
+        return image.mode in ("RGBA", "LA", "PA") and image.getchannel("A").getextrema()[1] == 0
+    array = np.asarray(image)
+    return array.ndim == 3 and array.shape[-1] in (2, 4) and not array[..., -1].any()
 
 
 def image_given(value: Any) -> bool:

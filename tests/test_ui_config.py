@@ -109,3 +109,29 @@ def test_a_started_unit_without_a_model_stops_the_generation_by_name(webui):
     p = job(webui.model)
     with pytest.raises(IPAdapterError, match="unit 2: no model selected"):
         run_job(webui.script, unit_args(PLUS, {"image": image(2)}), p)
+
+
+def untouched_gradio4_editor() -> dict:
+    """What Forge's gradio 4.40 ImageEditor sends when nobody touched it (seen in the real page)."""
+    blank = Image.new("RGBA", (800, 600), (0, 0, 0, 0))
+    return {"background": blank, "layers": [blank.copy()], "composite": blank.copy()}
+
+
+def test_an_untouched_gradio4_mask_editor_is_no_mask(webui):
+    from ipadapter_ext.unit_inputs import decode_mask
+    from tests.a1111_env import job, run_job
+
+    assert decode_mask(untouched_gradio4_editor(), "mask") is None
+    ((_, unit),) = parse_script_args(unit_args({**PLUS, "mask": untouched_gradio4_editor()}))
+    assert unit.mask is None or decode_mask(unit.mask, "mask") is None
+    assert [n for n, _ in parse_script_args(unit_args(PLUS, {"mask": untouched_gradio4_editor()}))] == [1]
+    run_job(webui.script, unit_args({**PLUS, "mask": untouched_gradio4_editor()}), job(webui.model))  # no error
+
+
+def test_a_painted_gradio4_editor_is_still_a_mask():
+    from ipadapter_ext.unit_inputs import decode_mask
+
+    editor = untouched_gradio4_editor()
+    editor["layers"][0].paste((255, 255, 255, 255), (0, 0, 400, 600))
+    mask = decode_mask(editor, "mask")
+    assert mask is not None and mask[:, :399].min() == 1 and mask[:, 401:].max() == 0
