@@ -68,6 +68,8 @@ def test_scale_zero_is_exactly_plain_attention():
     z = torch.randn(2, 30, 64)
     assert add_image_attention(z, attn.to_q(x), HEADS, terms) is z
     attn.set_processor(AttnProcessor2_0())
+    # Exact: AttnProcessor2_0 runs the very ops _hooked runs (to_q/k/v, SDPA on the same head
+    # split, to_out), and a weight of 0 adds nothing between them.
     assert torch.equal(_hooked(attn, x, text, terms), attn(x, encoder_hidden_states=text))
 
 

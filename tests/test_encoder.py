@@ -59,9 +59,11 @@ def test_encoder_from_file_equals_transformers(tmp_path, with_projection):
     got = enc.encode(pixels)
     with torch.no_grad():
         ref = model(pixel_values=pixels, output_hidden_states=True)
-    assert torch.equal(got.hidden, ref.hidden_states[-2])
+    # Two model instances (ours rebuilt from the file's tensors, stored elsewhere in memory): equal
+    # to rounding. Values are a few units; a wrong config or tensor is off by far more.
+    torch.testing.assert_close(got.hidden, ref.hidden_states[-2], rtol=1e-5, atol=1e-5)
     if with_projection:
-        assert torch.equal(got.image_embeds, ref.image_embeds)
+        torch.testing.assert_close(got.image_embeds, ref.image_embeds, rtol=1e-5, atol=1e-5)
     else:
         assert got.image_embeds is None
 
@@ -73,7 +75,7 @@ def test_uncond_hidden_is_encoder_on_zero_normalised_pixels(tmp_path):
     enc = ClipVisionEncoder.from_file(path)
     with torch.no_grad():
         ref = model(pixel_values=torch.zeros(1, 3, 224, 224), output_hidden_states=True).hidden_states[-2]
-    assert torch.equal(enc.uncond_hidden(), ref)
+    torch.testing.assert_close(enc.uncond_hidden(), ref, rtol=1e-5, atol=1e-5)  # as above: another instance
     assert enc.uncond_hidden() is enc.uncond_hidden()  # computed once
 
 

@@ -131,6 +131,7 @@ def test_negative_image_and_noise_change_only_the_uncond_rows(webui, negative):
     layout = (True, True, False)
     plain = _unet_rows(webui, layout)
     changed = _unet_rows(webui, layout, **negative)
+    # Exact: same batch, same layout; the cond rows' inputs and K/V rows are the same on both sides.
     assert torch.equal(changed[:2], plain[:2])  # cond rows: bit for bit
     assert not torch.allclose(changed[2], plain[2])
 
@@ -142,6 +143,8 @@ def test_average_of_one_image_twice_is_that_image(webui):
     _, _, signature = a1111.unet_layout(webui.model)
     req = UnitRequest(number=1, images=req_images, model="tiny-plus", weight=0.8, combine="average")
     averaged = a1111.engine().prepare([req], signature, a1111.placement(webui.model, webui.unet)).units[0].kv.kv
+    # Exact: the mean of two identical tensors is that tensor ((x + x) / 2 rounds to x), and the
+    # projection and K/V then run on the same shapes.
     for (k1, v1), (k2, v2) in zip(once, averaged, strict=True):
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
     req.combine = "subtract"
