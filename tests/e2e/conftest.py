@@ -10,6 +10,9 @@
     127.0.0.1 port with ``WEBUI_PYTHON`` (default ``venv/bin/python``) and ``WEBUI_ARGS``, and
     stops it afterwards. The files and link it created are removed again unless ``WEBUI_E2E_KEEP=1``.
 
+Besides those it writes a ``.bin`` twin of the adapter and, on A1111, a tiny SDXL with its own
+adapter (``WEBUI_E2E_SDXL``, see ``extras.py`` and ``sdxl.py``).
+
 ``WEBUI_URL`` wins when both are set. With neither, every test is skipped with ``ENABLE_HINT``.
 Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT`` (s, default 300),
 ``WEBUI_REQUEST_TIMEOUT`` (s, default 300), ``WEBUI_CONTROLNET_MODEL``.
@@ -17,6 +20,7 @@ Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from .extras import ExtraModels, write_extra_models
 from .webui import ADAPTER_FILE, ENABLE_HINT, Client, WebUIProcess, find_checkpoint, link_extension, write_tiny_models
 
 
@@ -32,6 +37,8 @@ class WebUI:
     client: Client
     mode: str  # "url" (a running server) or "root" (started here)
     adapter_file: str | None = None  # the file whose model the units use, when written here
+    log_path: Path | None = None  # the server's console log, when started here
+    extras: ExtraModels | None = None  # the other files written before the start (extras.py)
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +68,21 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
     created.extend(written)
     server = WebUIProcess(root_path, tmp_path_factory.mktemp("webui") / "webui.log", checkpoint)
     try:
+        extras = write_extra_models(root_path, server.python, created)  # .bin twin, tiny SDXL
         server.start()
         client = Client(server.url, auth)
         took = server.wait_ready(client)
         print(f"\nWebUI ready at {server.url} in {took:.1f} s (log: {server.log_path})")
-        yield WebUI(client, "root", ADAPTER_FILE)
+        yield WebUI(client, "root", ADAPTER_FILE, server.log_path, extras)
     finally:
         server.stop()
         if not keep:
             for path in reversed(created):
                 if path.is_symlink() or path.is_file():
                     path.unlink()
+                elif path.is_dir():  # a folder a writer created, empty once its files are gone
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
 
 
 @pytest.fixture(scope="session")
