@@ -55,7 +55,7 @@ def build(
     ):
         for i in range(units):
             with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
-                built.append(_unit(i, elem_id, hooks, tool_button_cls))
+                built.append(_unit(i, elem_id, hooks, tool_button_cls, enabled))
         if hooks.known_models is not None and hooks.download is not None:
             _downloads(elem_id, hooks)
     inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS]
@@ -84,7 +84,9 @@ def unit_label(number: int, text: str) -> str:
     return f"Unit {number} {text[0].lower()}{text[1:]}"
 
 
-def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type) -> dict[str, Any]:
+def _unit(
+    i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type, accordion: Any
+) -> dict[str, Any]:
     def eid(name: str) -> str:
         return elem_id(f"unit_{i + 1}_{name}")
 
@@ -140,6 +142,10 @@ def _unit(i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls
         )
 
     refresh.click(on_refresh, inputs=[model, encoder], outputs=[model, encoder, info])
+    # Dropping a reference ticks the unit and the accordion: a set-up unit left unticked would
+    # otherwise generate without the image prompt and without a word.
+    for upload in (image, more):
+        upload.upload(lambda: (True, True), outputs=[enabled, accordion])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
     values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced]

@@ -1,0 +1,147 @@
+// IP-Adapter accordion: hover hints for every unit control, and unit tabs that show which units
+// will apply ("Unit 1 ✓") or are enabled but incomplete ("Unit 2 ⚠"), on A1111 (gradio 3) and
+// Forge (gradio 4). The WebUI loads every file in an extension's javascript/ folder.
+(function() {
+    "use strict";
+
+    // The unit controls' labels are unique per unit ("Unit 2 weight", "Enable unit 2"), because the
+    // WebUI saves UI defaults by label; ipadapter_ext/ui/accordion.py unit_label() makes them.
+    var MAX_UNITS = 8;
+    var HINTS = {
+        "Enable": "Apply this unit. A unit that is ticked but has neither an image nor a model is skipped.",
+        "Reference image": "The image prompt. It is resized to the encoder's 224 px input with the Crop mode.",
+        "More reference images (optional)": "Further references for this unit; see Combine images under Advanced.",
+        "Model": "The IP-Adapter file (models/ipadapter, or IP-Adapter files in models/ControlNet). The line below says what it needs.",
+        "Image encoder": "The CLIP vision encoder (models/clip_vision). 'auto' picks the first one that fits the model.",
+        "Weight": "How strongly the image prompt acts: about 0.5 beside a text prompt, 1.0 for an image-only prompt.",
+        "Start": "Fraction of the sampling steps after which the image prompt starts to act.",
+        "End": "Fraction of the sampling steps after which the image prompt stops acting.",
+        "Crop": "How the reference is fitted to a square: center, keep one edge, pad with the CLIP mean colour, or squash.",
+        "Weight type": "Which UNet layers the reference reaches: e.g. 'style transfer' takes the style, 'composition' the layout.",
+        "Composition weight": "The weight of the layout layers, for the weight types that use it.",
+        "Weight mode": "How the weight enters the attention: 'V only' scales the output (the original IP-Adapter).",
+        "Combine images": "How several references become one prompt: keep every image's tokens (concat) or merge their embeddings.",
+        "Layer weights (optional: 16 numbers for SD1.5, 11 for SDXL; replaces the weight type)": "One factor per cross-attention block, multiplied by Weight. All zeros is exactly no adapter.",
+        "Image weights (optional: one per reference image)": "Multiplies each reference image's embedding before combining.",
+        "Negative image (optional)": "Encoded as the negative (uncond) side instead of a blank image.",
+        "Mask (optional)": "White where this unit acts. Upload a black-and-white mask, or upload a picture and paint over it.",
+        "Noise (uncond: the negative image, or the references, blended with noise)": "Blends the negative side with seeded noise; often keeps more of what makes the reference distinct.",
+    };
+    // Controls whose label gradio does not render as plain text (images, files): hint by elem_id.
+    var BY_ID = {
+        image: "Reference image",
+        more: "More reference images (optional)",
+        negative_image: "Negative image (optional)",
+        mask: "Mask (optional)",
+    };
+
+    function unitLabel(n, text) {
+        return text === "Enable" ? "Enable unit " + n : "Unit " + n + " " + text.charAt(0).toLowerCase() + text.slice(1);
+    }
+
+    if (typeof titles !== "undefined") { // A1111's hints.js: a hint for any element whose text is the key
+        titles["IP-Adapter"] = "Image prompts: tick to apply the enabled units below.";
+        for (var n = 1; n <= MAX_UNITS; n++) {
+            for (var text in HINTS) {
+                titles[unitLabel(n, text)] = HINTS[text];
+            }
+        }
+    }
+
+    function app() {
+        return typeof gradioApp === "function" ? gradioApp() : document;
+    }
+
+    function unitRoot(tab, n) {
+        return app().querySelector("#script_" + tab + "_ipadapter_unit_" + n);
+    }
+
+    function part(tab, n, name) {
+        return app().querySelector("#script_" + tab + "_ipadapter_unit_" + n + "_" + name);
+    }
+
+    function hasImage(block) {
+        // gradio 3 and 4 both show an uploaded image as an <img> (the empty state is an icon)
+        return !!(block && block.querySelector("img"));
+    }
+
+    function hasFiles(block) {
+        return !!(block && block.querySelector("table tr, .file-preview tr, a[download]"));
+    }
+
+    function modelChosen(tab, n) {
+        var input = part(tab, n, "model");
+        input = input && input.querySelector("input");
+        return !!(input && input.value && input.value !== "None");
+    }
+
+    // "ready": it will apply; "incomplete": enabled, started, but missing an image or a model;
+    // "": off (or enabled and untouched, which is skipped).
+    function unitState(tab, n) {
+        var box = part(tab, n, "enabled");
+        box = box && box.querySelector("input[type=checkbox]");
+        if (!box || !box.checked) return "";
+        var image = hasImage(part(tab, n, "image")) || hasFiles(part(tab, n, "more"));
+        var model = modelChosen(tab, n);
+        if (image && model) return "ready";
+        return image || model ? "incomplete" : "";
+    }
+
+    var MARKS = {ready: "✓", incomplete: "⚠"};
+    var MARK_TITLES = {
+        ready: "This unit is enabled and set up: it applies when the IP-Adapter accordion is ticked.",
+        incomplete: "This unit is enabled but has no reference image or no model: Generate will stop with a message.",
+    };
+
+    function markTabs(tab) {
+        var nav = app().querySelector("#script_" + tab + "_ipadapter_units .tab-nav");
+        if (!nav) return;
+        var buttons = nav.querySelectorAll("button");
+        for (var i = 0; i < buttons.length; i++) {
+            var button = buttons[i];
+            var match = /^Unit (\d+)/.exec(button.textContent.trim());
+            if (!match || !unitRoot(tab, match[1])) continue;
+            var state = unitState(tab, match[1]);
+            var mark = button.querySelector(".ipadapter-tab-mark");
+            if (!mark) {
+                mark = document.createElement("span");
+                mark.className = "ipadapter-tab-mark";
+                mark.style.marginLeft = "0.35em";
+                button.appendChild(mark);
+            }
+            if (mark.textContent !== (MARKS[state] || "")) mark.textContent = MARKS[state] || "";
+            var title = MARK_TITLES[state] || "";
+            if (button.title !== title) button.title = title;
+            button.dataset.ipadapterState = state;
+        }
+    }
+
+    function hintBlocks(tab) {
+        for (var n = 1; n <= MAX_UNITS && unitRoot(tab, n); n++) {
+            for (var name in BY_ID) {
+                var block = part(tab, n, name);
+                if (block && !block.title) block.title = HINTS[BY_ID[name]];
+            }
+        }
+    }
+
+    var pending = null;
+
+    function refresh() {
+        pending = null;
+        ["txt2img", "img2img"].forEach(function(tab) {
+            markTabs(tab);
+            hintBlocks(tab);
+        });
+    }
+
+    function schedule() {
+        if (pending === null) pending = setTimeout(refresh, 150);
+    }
+
+    if (typeof onUiUpdate === "function") onUiUpdate(schedule); // DOM changes: images, dropdowns
+    if (typeof onUiLoaded === "function") onUiLoaded(refresh);
+    // a checkbox's state is not a DOM change: listen for it (and for dropdown picks) directly
+    document.addEventListener("change", schedule, true);
+    document.addEventListener("click", schedule, true);
+})();

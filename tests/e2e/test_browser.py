@@ -1,0 +1,202 @@
+"""What a person does in the real page, in headless Chromium (opt-in like the rest of tests/e2e).
+
+A new user's first Generate on a fresh ui-config (the suite starts the WebUI with its own empty
+``--ui-config-file``), in txt2img and img2img; the ↙ paste of the result's infotext; the 🔄
+button; the info line; the hover hints and unit tab marks of ``javascript/ipadapter.js``; and a
+screenshot of the open accordion, saved under ``WEBUI_E2E_ARTIFACTS`` (default: the run's temp
+folder; the path is printed).
+
+Needs selenium in the test venv and Debian's ``chromium`` + ``chromium-driver``; without them
+these tests are skipped with what to install. Each test opens a fresh page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import browser
+from .webui import png_b64
+
+PLAIN = {"steps": 2, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def driver(webui) -> Iterator[object]:
+    why = browser.missing()
+    if why:
+        pytest.skip(f"browser tests: {why}")
+    d = browser.start_driver()
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+@pytest.fixture
+def page(driver, webui) -> browser.Page:
+    p = browser.Page(driver, webui.client.base_url)
+    p.open()
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    import base64
+
+    path = tmp_path_factory.mktemp("browser") / "reference.png"
+    path.write_bytes(base64.b64decode(png_b64(96, seed=3)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("WEBUI_E2E_ARTIFACTS")
+    return Path(folder) if folder else tmp_path_factory.mktemp("artifacts")
+
+
+def small_job(page: browser.Page, tab: str) -> None:
+    """2 steps at 64×64, so a CPU generates in seconds."""
+    page.set_number(f"#{tab}_steps", PLAIN["steps"])
+    page.set_number(f"#{tab}_width", PLAIN["width"])
+    page.set_number(f"#{tab}_height", PLAIN["height"])
+
+
+def set_up_unit_1(page: browser.Page, tab: str, model: str, reference: Path, weight: float | None = None) -> None:
+    page.open_accordion(tab)
+    page.upload(page.uid(tab, 1, "image"), reference)
+    page.wait(lambda: page.find_all(f"{page.uid(tab, 1, 'image')} img"), "the reference image to show")
+    page.choose(page.uid(tab, 1, "model"), model)
+    if weight is not None:
+        page.set_number(page.uid(tab, 1, "weight"), weight)
+
+
+def open_unit_tab(page: browser.Page, tab: str, unit: int) -> None:
+    page.js(
+        f"[...document.querySelectorAll('#script_{tab}_ipadapter_units .tab-nav button')]"
+        ".find(b => b.textContent.trim().startsWith('Unit ' + arguments[0])).click();",
+        unit,
+    )
+    page.wait(lambda: page.find(page.uid(tab, unit, "model")).is_displayed(), f"unit {unit}'s tab")
+
+
+def test_first_generate_with_only_unit_1_set_up_txt2img(page, model, reference, artifacts):
+    assert page.checked(page.uid("txt2img", 1, "enabled"))
+    assert not page.checked(page.uid("txt2img", 2, "enabled")) and not page.checked(page.uid("txt2img", 3, "enabled"))
+    small_job(page, "txt2img")
+    set_up_unit_1(page, "txt2img", model, reference)
+    info = page.generate("txt2img")
+    assert 'IP-Adapter 1: "model: ' + model in info.replace("\n", " ")
+    assert "IP-Adapter 2" not in info
+    shot = page.screenshot(artifacts / "ipadapter-accordion-txt2img.png", "#script_txt2img_ipadapter_enabled")
+    print(f"\nscreenshot of the open accordion: {shot}")
+    assert shot.stat().st_size > 5000
+
+
+def test_first_generate_with_only_unit_1_set_up_img2img(page, model, reference):
+    page.switch_tab("img2img")
+    page.upload("#img2img_image", reference)
+    page.wait(lambda: page.find_all("#img2img_image img"), "the img2img input to show")
+    small_job(page, "img2img")
+    set_up_unit_1(page, "img2img", model, reference)
+    info = page.generate("img2img")
+    assert 'IP-Adapter 1: "model: ' + model in info.replace("\n", " ")
+
+
+def test_paste_restores_unit_1(page, model, reference):
+    small_job(page, "txt2img")
+    set_up_unit_1(page, "txt2img", model, reference, weight=0.65)
+    page.choose(page.uid("txt2img", 1, "weight_type"), "style transfer")
+    info = page.generate("txt2img")
+    page.open()  # a new page: every control back at its default
+    page.open_accordion("txt2img", tick=False)
+    assert page.number(page.uid("txt2img", 1, "weight")) == 1.0
+    page.set_text("#txt2img_prompt", info)
+    page.find("#paste").click()
+    page.wait(lambda: page.number(page.uid("txt2img", 1, "weight")) == 0.65, "the pasted weight")
+    assert page.dropdown_value(page.uid("txt2img", 1, "model")) == model
+    assert page.dropdown_value(page.uid("txt2img", 1, "weight_type")) == "style transfer"
+    assert page.checked(page.uid("txt2img", 1, "enabled"))
+
+
+def test_the_info_line_describes_the_chosen_model(page, model):
+    page.open_accordion("txt2img", tick=False)
+    page.choose(page.uid("txt2img", 1, "model"), model)
+    text = page.wait(lambda: page.find(page.uid("txt2img", 1, "info")).text, "the info line")
+    assert "IP-Adapter" in text and "tokens" in text and "needs" in text, text
+
+
+def test_refresh_lists_a_model_added_while_the_server_runs(page, webui, model):
+    root = os.environ.get("WEBUI_ROOT")
+    if webui.mode != "root" or not root or not webui.adapter_file:
+        pytest.skip("needs WEBUI_ROOT: the test adds a model file to the install's models/ipadapter")
+    folder = Path(root).expanduser() / "models" / "ipadapter"
+    added = folder / "e2e-added-while-running.safetensors"
+    shutil.copyfile(folder / webui.adapter_file, added)
+    try:
+        page.open_accordion("txt2img", tick=False)
+        css = page.uid("txt2img", 1, "model")
+        assert "e2e-added-while-running" not in page.dropdown_options(css)
+        page.find(page.uid("txt2img", 1, "refresh")).click()
+        page.wait(lambda: "e2e-added-while-running" in page.dropdown_options(css), "the new model in the list")
+    finally:
+        added.unlink(missing_ok=True)
+        webui.client.get("/ipadapter/v1/models?refresh=true")
+
+
+def test_hover_hints_on_unit_controls(page):
+    page.open_accordion("txt2img", tick=False)
+
+    def title_of(text: str) -> str:
+        return page.js(
+            "for (const el of document.querySelectorAll('#script_txt2img_ipadapter_enabled span')) {"
+            "  if (el.textContent.trim() === arguments[0] && el.title) return el.title; }"
+            "return '';",
+            text,
+        )
+
+    page.wait(lambda: title_of("Unit 1 weight"), "the hint on 'Unit 1 weight'")
+    assert "strongly" in title_of("Unit 1 weight")
+    assert "skipped" in page.wait(lambda: title_of("Enable unit 1"), "the hint on 'Enable unit 1'")
+    image_block = page.find(page.uid("txt2img", 1, "image"))
+    assert "image prompt" in (image_block.get_attribute("title") or "")
+
+
+def test_unit_tabs_show_which_units_apply(page, model, reference):
+    def mark(unit: int) -> str:
+        return page.js(
+            "const b = [...document.querySelectorAll('#script_txt2img_ipadapter_units .tab-nav button')]"
+            ".find(b => b.textContent.trim().startsWith('Unit ' + arguments[0]));"
+            "return b ? (b.dataset.ipadapterState || '') + '|' + b.textContent.replace(/\\s+/g, ' ').trim() : 'missing';",
+            unit,
+        )
+
+    page.open_accordion("txt2img", tick=False)
+    page.wait(lambda: mark(1) == "|Unit 1", "unit 1 unmarked (enabled but untouched: skipped)")
+    set_up_unit_1(page, "txt2img", model, reference)
+    page.wait(lambda: mark(1) == "ready|Unit 1 ✓", "unit 1 marked ready")
+    # Unit 2: enabled with a model but no image → warned before Generate
+    open_unit_tab(page, "txt2img", 2)
+    page.find(page.uid("txt2img", 2, "enabled") + " input[type=checkbox]").click()
+    page.choose(page.uid("txt2img", 2, "model"), model)
+    page.wait(lambda: mark(2) == "incomplete|Unit 2 ⚠", "unit 2 marked incomplete")
+
+
+def test_dropping_an_image_ticks_the_unit_and_the_accordion(page, reference):
+    page.open_accordion("txt2img", tick=False)
+    open_unit_tab(page, "txt2img", 2)
+    assert not page.checked(page.uid("txt2img", 2, "enabled"))
+    page.upload(page.uid("txt2img", 2, "image"), reference)
+    page.wait(lambda: page.checked(page.uid("txt2img", 2, "enabled")), "unit 2 to be ticked")
+    page.wait(
+        lambda: page.js(
+            "const b = document.querySelector('#script_txt2img_ipadapter_enabled input[type=checkbox]');"
+            "return b && b.checked;"
+        ),
+        "the accordion to be ticked",
+    )
+
