@@ -4,4 +4,4 @@ Importing this package does no work: submodules are imported by whoever needs th
 WebUI start-up and the API's ``ui()`` calls stay cheap.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -46,8 +46,7 @@ def test_ui_builds_under_gradio_3_with_schema_defaults(webui):
 
 
 def test_settings_section_registers_once_with_defaults(webui):
-    for _name, callback in script_callbacks.callbacks["ui_settings"]:
-        callback()
+    # registered when the script loads (see test_api_only.py for why not in on_ui_settings)
     labels = shared.opts.data_labels
     assert {"ipadapter_units", "ipadapter_extra_folders", "ipadapter_cache_size", "ipadapter_offload_encoder",
             "ipadapter_hires"} <= set(labels)  # fmt: skip
@@ -219,8 +218,6 @@ def test_download_button_reports_and_rescans(webui, monkeypatch):
 
 
 def test_settings_changes_apply_without_restart(webui, tmp_path):
-    for _name, callback in script_callbacks.callbacks["ui_settings"]:
-        callback()
     labels = shared.opts.data_labels
     engine = a1111.engine()
     shared.opts.ipadapter_cache_size = 2

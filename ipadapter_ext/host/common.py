@@ -24,7 +24,7 @@ from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .models import _current_placement, engine, loaded_signature, model_hash
-from .settings import opt, register_settings, settings_registered
+from .settings import opt, register_settings
 
 log = logging.getLogger("ipadapter")
 
@@ -147,14 +147,16 @@ def step_progress(params: Any) -> float:
 def register_common(script_callbacks: Any) -> None:
     """Settings, HTTP routes and X/Y/Z axes: the same on both hosts.
 
-    An API-only server (``--nowebui``) builds the scripts' UI inside the API's constructor, before
-    ``on_before_ui`` runs, so the X/Y/Z script would snapshot its axis list without ours. The
-    axes are therefore also added right now, at script load: the plot script (a built-in script)
-    is loaded before extensions, and adding them only appends a few small objects (model names
-    are listed lazily). ``on_before_ui`` stays for a plot script loaded after this one. Settings
-    are likewise registered on app start when no UI build has done it.
+    Settings and axes are registered right now, at script load, not in ``on_ui_settings`` /
+    ``on_before_ui`` alone, because an API-only server (``--nowebui``) runs those too late: it
+    imports ``modules.api.models``, whose options schema is frozen from the options known at that
+    moment (``/sdapi/v1/options`` answers only those), and builds the scripts' UI inside the API's
+    constructor, where the X/Y/Z script snapshots its axis list, both before ``on_before_ui`` and
+    before any ``on_ui_settings`` callback. Both registrations are cheap (a few option entries; a
+    few axis objects whose model list is read lazily) and idempotent. The plot script, a built-in
+    script, is loaded before extensions; ``on_before_ui`` stays for one loaded after this one.
     """
-    script_callbacks.on_ui_settings(register_settings, name="ipadapter_settings")
+    register_settings()
     script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
     register_xyz()
     if hasattr(script_callbacks, "on_before_ui"):
@@ -168,9 +170,6 @@ def register_xyz() -> None:
 
 def _app_started(_demo: Any, app: Any) -> None:
     from ..api.routes import register_routes
-
-    if not settings_registered():
-        register_settings()
 
     register_routes(app, engine, loaded_signature, _current_placement)
     install_bare_unit(app)

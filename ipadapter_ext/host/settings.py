@@ -15,12 +15,6 @@ def opt(name: str, default: Any) -> Any:
     return getattr(shared.opts, name, default)
 
 
-def settings_registered() -> bool:
-    from modules import shared
-
-    return "ipadapter_units" in getattr(shared.opts, "data_labels", {})
-
-
 def register_settings() -> None:
     import gradio as gr
     from modules import shared

@@ -39,6 +39,8 @@ class WebUI:
     adapter_file: str | None = None  # the file whose model the units use, when written here
     log_path: Path | None = None  # the server's console log, when started here
     extras: ExtraModels | None = None  # the other files written before the start (extras.py)
+    root: Path | None = None  # the install folder (WEBUI_ROOT), when started here
+    checkpoint: Path | None = None  # the checkpoint it was started with
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
         client = Client(server.url, auth)
         took = server.wait_ready(client)
         print(f"\nWebUI ready at {server.url} in {took:.1f} s (log: {server.log_path})")
-        yield WebUI(client, "root", ADAPTER_FILE, server.log_path, extras)
+        yield WebUI(client, "root", ADAPTER_FILE, server.log_path, extras, root_path, checkpoint)
     finally:
         server.stop()
         if not keep:

@@ -131,10 +131,9 @@ def test_the_info_line_describes_the_chosen_model(page, model):
 
 
 def test_refresh_lists_a_model_added_while_the_server_runs(page, webui, model):
-    root = os.environ.get("WEBUI_ROOT")
-    if webui.mode != "root" or not root or not webui.adapter_file:
+    if webui.root is None or not webui.adapter_file:
         pytest.skip("needs WEBUI_ROOT: the test adds a model file to the install's models/ipadapter")
-    folder = Path(root).expanduser() / "models" / "ipadapter"
+    folder = webui.root / "models" / "ipadapter"
     added = folder / "e2e-added-while-running.safetensors"
     shutil.copyfile(folder / webui.adapter_file, added)
     try:

@@ -217,14 +217,16 @@ def port_in_use(port: int) -> bool:
 class WebUIProcess:
     """``launch.py --api`` on a free 127.0.0.1 port, in its own process group, logging to a file."""
 
-    def __init__(self, root: Path, log_path: Path, checkpoint: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, log_path: Path, checkpoint: Path | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.log_path = log_path
         #: a fresh, private ui-config.json and config.json: what a new user has, and nothing the
         #: suite does (options it sets, defaults it saves) leaks into the install's own files
         self.config_dir = log_path.parent
         self.python = os.environ.get("WEBUI_PYTHON") or str(root / "venv" / "bin" / "python")
-        extra = shlex.split(os.environ.get("WEBUI_ARGS", ""))
+        extra = shlex.split(os.environ.get("WEBUI_ARGS", "")) + list(extra_args)
         forbidden = [a for a in extra if a.split("=")[0] in ("--listen", "--port", "--server-name")]
         if forbidden:
             raise ValueError(f"WEBUI_ARGS must not set {forbidden}: the suite binds 127.0.0.1 on a free port itself")

@@ -1,0 +1,74 @@
+"""An API-only server (``--nowebui``): the extension's settings in ``/sdapi/v1/options``, its
+X/Y/Z axes in ``/sdapi/v1/script-info``, and an X/Y/Z plot over the Weight axis through the API
+giving the same images as separate requests.
+
+The WebUI builds the scripts' UI inside the API's constructor there, before ``on_before_ui``,
+and a UI-less start never showed our settings or axes. Needs ``WEBUI_ROOT``: a second server is
+started here with ``--nowebui`` (and stopped at the end of the module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .test_webui_http import REFERENCE, same_pixels, txt2img_payload
+from .webui import SCRIPT_TITLE, Client, WebUIProcess, pixels
+
+AXES = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
+        "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
+        "[IP-Adapter] Noise"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api(webui, tmp_path_factory) -> Iterator[Client]:
+    if webui.root is None:
+        pytest.skip("needs WEBUI_ROOT: a second server is started here with --nowebui")
+    log = tmp_path_factory.mktemp("api-only") / "webui.log"
+    server = WebUIProcess(webui.root, log, webui.checkpoint, extra_args=("--nowebui",))
+    try:
+        server.start()
+        client = Client(server.url)
+        server.wait_ready(client)
+        yield client
+    finally:
+        server.stop()
+
+
+def xyz_axis_choices(api: Client) -> list[str]:
+    answer = api.get("/sdapi/v1/script-info")
+    assert answer.status == 200, answer.text
+    (xyz,) = [s for s in answer.json() if s["name"] == "x/y/z plot" and not s["is_img2img"]]
+    (x_type,) = [a for a in xyz["args"] if a["label"] == "X type"]
+    return x_type["choices"]
+
+
+def test_settings_are_in_the_options(api):
+    answer = api.get("/sdapi/v1/options")
+    assert answer.status == 200, answer.text
+    options = answer.json()
+    assert options.get("ipadapter_units") == 3 and options.get("ipadapter_default_weight") == 1.0
+    assert {"ipadapter_hires", "ipadapter_cache_size", "ipadapter_extra_folders"} <= set(options)
+
+
+def test_xyz_axes_are_listed(api):
+    choices = xyz_axis_choices(api)
+    assert [c for c in choices if c.startswith("[IP-Adapter]")] == AXES
+
+
+def test_an_xyz_weight_axis_equals_separate_requests(api, model):
+    unit = {"image": REFERENCE, "model": model, "weight": 1.0}
+    script_args = [xyz_axis_choices(api).index("[IP-Adapter] Weight"), "0, 0.8", [], 0, "", [], 0, "", [],
+                   False, True, False, False, False, False, False, 0, False]  # fmt: skip
+    grid = api.post("/sdapi/v1/txt2img", txt2img_payload(
+        script_name="x/y/z plot", script_args=script_args, alwayson_scripts={SCRIPT_TITLE: {"args": [unit]}}))  # fmt: skip
+    assert grid.status == 200, grid.text
+    cells = [b for b in grid.json()["images"] if pixels(b).shape == (64, 64, 3)]  # the grid is larger
+    assert len(cells) == 2, "expected the two cell images beside the grid"
+    for weight, cell in zip((0.0, 0.8), cells, strict=True):
+        alone = api.post("/sdapi/v1/txt2img", txt2img_payload(
+            alwayson_scripts={SCRIPT_TITLE: {"args": [{**unit, "weight": weight}]}}))  # fmt: skip
+        assert alone.status == 200, alone.text
+        assert same_pixels(cell, alone.json()["images"][0]), f"cell at weight {weight}"
+    assert not same_pixels(cells[0], cells[1])
