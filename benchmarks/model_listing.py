@@ -3,7 +3,7 @@ against loading the whole file, in time and peak memory.
 
 A transformers-format CLIP vision file is written as a zip-format ``.pth`` (the format torch has
 written since 1.6) with ViT-H/14-like tensors, ~1.2 GB by default, then each way of reading it runs
-in a fresh process so that its peak resident memory is its own:
+in a fresh process so that its peak resident memory (``VmHWM``, Linux) is its own:
 
   (a) ``read_flat_tensors``: every tensor read into memory (what listing did before);
   (b) ``read_shapes``: the file memory-mapped, only the pickle read (what listing does now).
@@ -25,14 +25,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {repo!r})
 from ipadapter_ext.core.formats import read_flat_tensors, read_shapes
 start = time.perf_counter()
 result = {how}({path!r})
 took = time.perf_counter() - start
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({{"seconds": took, "tensors": len(result) if hasattr(result, "__len__") else 0,
-                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                   "peak_mib": int(hwm.split()[1]) / 1024}}))
 """
 
 
