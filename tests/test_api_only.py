@@ -33,3 +33,34 @@ def test_loading_the_script_again_registers_each_setting_once(webui):
     before = dict(shared.opts.data_labels)
     register_settings()
     assert shared.opts.data_labels.keys() == before.keys()
+
+
+def test_an_options_schema_frozen_before_the_script_loaded_is_extended(webui, monkeypatch):
+    """Forge's built-in ControlNet imports ``modules.api.models`` before other extensions load, so
+    its ``OptionsModel`` (the response model of ``GET /sdapi/v1/options``) was frozen without our
+    settings, in the UI and with ``--nowebui`` (seen in the real Forge)."""
+    import sys
+    import types
+    from typing import Optional
+
+    import pydantic
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ipadapter_ext.host.settings import register_settings
+
+    frozen = types.ModuleType("modules.api.models")
+    frozen.OptionsModel = pydantic.create_model("Options", samples_format=(Optional[str], pydantic.Field(default="png")))  # noqa: UP045
+    monkeypatch.setitem(sys.modules, "modules.api.models", frozen)
+    register_settings()  # what loading the script does
+    shared.opts.samples_format = "png"
+    app = FastAPI()
+    values = {"samples_format": "png", **{k: getattr(shared.opts, k) for k in shared.opts.data_labels}}
+    app.add_api_route("/options", lambda: values, methods=["GET"], response_model=frozen.OptionsModel)
+    answer = TestClient(app).get("/options").json()
+    assert answer["samples_format"] == "png"  # the host's own fields stay
+    assert answer["ipadapter_units"] == 3 and answer["ipadapter_default_weight"] == 1.0
+    assert answer["ipadapter_hires"] is True
+    before = frozen.OptionsModel
+    register_settings()  # again (a UI reload): nothing left to add
+    assert frozen.OptionsModel is before

@@ -39,6 +39,42 @@ def register_settings() -> None:
         "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
+    _extend_frozen_options_schema([k for k in shared.opts.data_labels if k.startswith("ipadapter_")])
+
+
+def _extend_frozen_options_schema(keys: list[str]) -> None:
+    """Make ``GET /sdapi/v1/options`` answer our settings where the host froze its schema early.
+
+    The WebUI answers that route through ``modules.api.models.OptionsModel``, a pydantic model
+    built from the options known when that module is first imported; options added later are
+    dropped from the answer. On Forge, the built-in ControlNet imports it while the built-in
+    extensions load, before any other extension, so no extension's settings are ever listed
+    (UI or ``--nowebui``). The API's routes are created later (``Api.__init__`` reads
+    ``models.OptionsModel`` then), so the model is extended here, once, with the missing
+    fields, the same way the host builds them. Nothing happens where the module is not imported
+    yet (A1111: it will see our options) or already has them.
+    """
+    import sys
+
+    models = sys.modules.get("modules.api.models")
+    base = getattr(models, "OptionsModel", None)
+    if base is None:
+        return
+    from typing import Optional
+
+    import pydantic
+    from modules import shared
+
+    known = getattr(base, "model_fields", None) or getattr(base, "__fields__", {})
+    fields = {}
+    for key in keys:
+        if key in known:
+            continue
+        info = shared.opts.data_labels[key]
+        kind = type(info.default) if info.default is not None else Any
+        fields[key] = (Optional[kind], pydantic.Field(default=info.default, description=info.label))  # noqa: UP045 (pydantic 1 needs Optional)
+    if fields:
+        models.OptionsModel = pydantic.create_model("Options", __base__=base, **fields)
 
 
 def _cache_size_changed() -> None:

@@ -44,12 +44,21 @@ def xyz_axis_choices(api: Client) -> list[str]:
     return x_type["choices"]
 
 
-def test_settings_are_in_the_options(api):
-    answer = api.get("/sdapi/v1/options")
+def assert_settings_listed(client: Client) -> None:
+    answer = client.get("/sdapi/v1/options")
     assert answer.status == 200, answer.text
     options = answer.json()
     assert options.get("ipadapter_units") == 3 and options.get("ipadapter_default_weight") == 1.0
     assert {"ipadapter_hires", "ipadapter_cache_size", "ipadapter_extra_folders"} <= set(options)
+
+
+def test_settings_are_in_the_options(api):
+    assert_settings_listed(api)
+
+
+def test_settings_are_in_the_options_of_the_ui_server_too(webui):
+    """Forge froze its options schema before any extension loaded, UI or not."""
+    assert_settings_listed(webui.client)
 
 
 def test_xyz_axes_are_listed(api):
