@@ -48,7 +48,8 @@ def assert_settings_listed(client: Client) -> None:
     answer = client.get("/sdapi/v1/options")
     assert answer.status == 200, answer.text
     options = answer.json()
-    assert options.get("ipadapter_units") == 3 and options.get("ipadapter_default_weight") == 1.0
+    assert isinstance(options.get("ipadapter_units"), int)  # a server of yours (WEBUI_URL) may have changed it
+    assert isinstance(options.get("ipadapter_default_weight"), float)
     assert {"ipadapter_hires", "ipadapter_cache_size", "ipadapter_extra_folders"} <= set(options)
 
 
