@@ -8,7 +8,9 @@ Random weights, real shapes: widths 320/640/1280 with 8 heads, a 64×64 latent (
   (c) (a) + the image term with K/V recomputed every step (what diffusers and Forge do);
   (d) (a) + the image term as a separate pass that recomputes q and applies to_out's weight again
       (the usual wrapper design); ours reuses the host's q and adds before to_out;
-  (e) (b) with a region mask (half the canvas), resampled once per layer and cached.
+  (e) (b) with a region mask (half the canvas), resampled once per layer and cached;
+  (f) (b) with an attention map recorded on every layer (the cost of maps on; off is (b) itself:
+      a term without a recorder takes the same path as before maps existed).
 
 Run: python benchmarks/attention_layers.py [--latent 64] [--repeat 20] [--dtype float32]
 """
@@ -16,6 +18,7 @@ Run: python benchmarks/attention_layers.py [--latent 64] [--repeat 20] [--dtype 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ipadapter_ext.core.attention import ImageKV, add_image_attention
+from ipadapter_ext.core.attention_map import UnitMap
 from ipadapter_ext.core.masks import RegionMask
 
 SD15_LAYERS = [  # (width, latent downscale) in execution order: input, middle, output
@@ -99,6 +103,16 @@ def step_masked(layers, context, image_kv, image_tokens, region=None, hw=None):
         F.linear(z, layer.out, layer.out_bias)
 
 
+def step_mapped(layers, context, image_kv, image_tokens, unit_map=None, hw=None):
+    """b with an attention map: each term records its output for the cond row (row 1 is uncond),
+    with the recorder bound per layer call as PreparedUnit.term binds it."""
+    for layer, (k, v) in zip(layers, image_kv, strict=True):
+        q, z = layer.text(context)
+        record = functools.partial(unit_map.add, images=[0, None], latent_hw=hw)
+        z = add_image_attention(z, q, HEADS, [ImageKV(k, v, 0.8, record=record)])
+        F.linear(z, layer.out, layer.out_bias)
+
+
 def measure(fn, args, repeat: int) -> float:
     for _ in range(3):
         fn(*args)
@@ -131,11 +145,13 @@ def main() -> None:
     half = torch.zeros(args.latent * 8, args.latent * 8)
     half[:, : args.latent * 4] = 1.0
     region, hw = RegionMask(half), (args.latent, args.latent)
+    unit_map = UnitMap(hw)
     with torch.inference_mode():
         # Interleave the variants so that drift in machine load affects all of them alike.
-        results = {name: [] for name in ("a", "b", "c", "d", "e")}
         fns = {"a": step_text, "b": step_ours, "c": step_recompute_kv, "d": step_separate_pass,
-               "e": lambda *a: step_masked(*a, region=region, hw=hw)}  # fmt: skip
+               "e": lambda *a: step_masked(*a, region=region, hw=hw),
+               "f": lambda *a: step_mapped(*a, unit_map=unit_map, hw=hw)}  # fmt: skip
+        results = {name: [] for name in fns}
         for _ in range(3):
             for name, fn in fns.items():
                 results[name].append(measure(fn, run_args, max(1, args.repeat // 3)))
@@ -148,8 +164,9 @@ def main() -> None:
     print(f"(c) a + image term, K/V every step  {t['c']:9.2f} ms/step")
     print(f"(d) a + separate pass (q, to_out)   {t['d']:9.2f} ms/step")
     print(f"(e) b with a region mask            {t['e']:9.2f} ms/step")
+    print(f"(f) b with an attention map         {t['f']:9.2f} ms/step")
     print(f"b/a = {t['b'] / t['a']:.3f}   c/b = {t['c'] / t['b']:.3f}   d/b = {t['d'] / t['b']:.3f}   "
-          f"e/b = {t['e'] / t['b']:.3f}")  # fmt: skip
+          f"e/b = {t['e'] / t['b']:.3f}   f/b = {t['f'] / t['b']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

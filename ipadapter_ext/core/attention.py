@@ -71,6 +71,8 @@ class ImageKV:
     weight: float
     scaler: _Scaler = _v_only
     mask: torch.Tensor | None = None  # [1, 1, N, 1]: scales the term per spatial token (regions)
+    #: Called with the term's output [B, heads, N, d] after the mask (attention maps); must not modify it.
+    record: Callable[[torch.Tensor], None] | None = None
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -89,6 +91,7 @@ def add_image_attention(
     strided view, so the only full-size passes are the attention itself and one add.
     ``upcast`` runs the attention in fp32, honouring the host's "upcast cross attention" setting.
     A term's ``mask`` multiplies its output per token; where it is 0 the term adds exactly 0.
+    A term's ``record`` sees that output (the attention map reuses it; no second pass).
     """
     acc: torch.Tensor | None = None
     qh: torch.Tensor | None = None
@@ -104,6 +107,8 @@ def add_image_attention(
         )
         if term.mask is not None:
             out = out * term.mask.to(out.dtype)
+        if term.record is not None:
+            term.record(out)
         acc = out if acc is None else acc + out
     if acc is None:
         return z

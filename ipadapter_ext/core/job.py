@@ -9,6 +9,7 @@ everything; chunks of the batch size; cond chunks then a separate uncond call; u
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .adapter import IPAdapterModel
 from .attention import SCALERS, ImageKV, WeightMode
+from .attention_map import UnitMap
 from .hooks import Attn2Hooks
 from .kv import UnitKV
 from .masks import RegionMask
@@ -42,6 +44,8 @@ class PreparedUnit:
     layer_weights: tuple[float, ...] = ()
     mask: RegionMask | None = None
     weight_type: str = "linear"
+    #: Accumulates where the unit acts (cond rows), when the generation asked for attention maps.
+    attention_map: UnitMap | None = None
 
     def __post_init__(self) -> None:
         if not self.layer_weights:
@@ -56,18 +60,27 @@ class PreparedUnit:
         return self.applies and self.start <= progress <= self.end
 
     def term(
-        self, layer: int, layout: Sequence[bool], tokens: int, latent_hw: tuple[int, int] | None
+        self,
+        layer: int,
+        layout: Sequence[bool],
+        tokens: int,
+        latent_hw: tuple[int, int] | None,
+        *,
+        images: Sequence[int | None] | None = None,
     ) -> ImageKV | None:
-        """This unit's term at ``layer`` for rows laid out as ``layout``, or ``None`` (weight 0)."""
+        """This unit's term at ``layer`` for rows laid out as ``layout``, or ``None`` (weight 0).
+        ``images[i]`` is the generated image of row i (``None``: uncond); with an attention map,
+        the term records its output there."""
         weight = self.layer_weights[layer]
         if weight == 0:
             return None
         k, v = self.kv.rows(layer, layout)
-        mask = None
-        if self.mask is not None:
-            hw = latent_hw or (round(tokens**0.5), round(tokens**0.5))
-            mask = self.mask.for_layer(tokens, hw, k.device, k.dtype)
-        return ImageKV(k, v, weight, self._scaler, mask)
+        hw = latent_hw or (round(tokens**0.5), round(tokens**0.5))
+        mask = None if self.mask is None else self.mask.for_layer(tokens, hw, k.device, k.dtype)
+        record = None
+        if self.attention_map is not None and images is not None:
+            record = functools.partial(self.attention_map.add, images=images, latent_hw=hw)
+        return ImageKV(k, v, weight, self._scaler, mask, record)
 
     def log_line(self) -> str:
         extras = "" if self.weight_type == "linear" else f" · {self.weight_type}"
@@ -86,13 +99,16 @@ def layer_terms(
     layout: Sequence[bool],
     tokens: int,
     latent_hw: tuple[int, int] | None = None,
+    *,
+    images: Sequence[int | None] | None = None,
 ) -> list[ImageKV]:
     """The image terms of ``units`` at one layer: the one entry point every host uses (A1111's
     hooks, Forge's attn2 patches), so weight types, masks and swaps behave the same on both.
-    ``layout[i]`` says whether row i is cond; ``latent_hw`` is the UNet input's height and width."""
+    ``layout[i]`` says whether row i is cond; ``latent_hw`` is the UNet input's height and width;
+    ``images[i]`` is row i's image index (``None`` for uncond), for the units' attention maps."""
     out = []
     for unit in units:
-        term = unit.term(layer, layout, tokens, latent_hw)
+        term = unit.term(layer, layout, tokens, latent_hw, images=images)
         if term is not None:
             out.append(term)
     return out
