@@ -60,6 +60,9 @@ class IPAdapterUnit(BaseModel):
     negative_image: Any = None  # base64 image encoded as the uncond tokens instead of zeros
     noise: float = Field(0.0, ge=0.0, le=1.0)
     mask: Any = None  # base64 image; white is where the unit acts
+    #: Show where the units act: an attention map per enabled unit after the generated images. A
+    #: request-wide switch (the UI's toggle): any unit asking for it gives every unit its map.
+    attention_map: bool = False
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
@@ -116,6 +119,7 @@ class IPAdapterUnit(BaseModel):
             else [as_image(self.negative_image, f"{where}, negative_image")],
             noise=self.noise,
             mask=decode_mask(self.mask, f"{where}, mask"),
+            attention_map=self.attention_map,
         )
 
 

@@ -41,6 +41,7 @@
 
     if (typeof titles !== "undefined") { // A1111's hints.js: a hint for any element whose text is the key
         titles["IP-Adapter"] = "Image prompts: tick to apply the enabled units below.";
+        titles["Show where each unit acts"] = "After the images, a heat-map per unit of where its image prompt acted (one scale for all units).";
         for (var n = 1; n <= MAX_UNITS; n++) {
             for (var text in HINTS) {
                 titles[unitLabel(n, text)] = HINTS[text];

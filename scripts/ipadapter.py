@@ -30,7 +30,7 @@ class IPAdapterScript(scripts.Script):
         host.before_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        host.postprocess(p)
+        host.postprocess(p, processed)
 
 
 host.register_callbacks()

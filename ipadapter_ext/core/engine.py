@@ -58,6 +58,7 @@ class UnitRequest:
     negative_images: list = field(default_factory=list)  # encoded as the uncond tokens
     noise: float = 0.0  # blends the negative (or the references) with noise for the uncond tokens
     mask: torch.Tensor | None = None  # [H, W] in [0, 1]; white is where the unit acts
+    attention_map: bool = False  # record where it acts (a request-wide switch; the host renders it)
 
 
 class LoadedModels:

@@ -114,13 +114,23 @@ def layer_terms(
     return out
 
 
+def row_images(cond_rows: int, total_rows: int) -> tuple[int | None, ...]:
+    """The batch image of each row of an A1111 denoiser call: the cond rows come first, grouped by
+    image (an image with an AND prompt has several), then one uncond row per image. With no
+    uncond rows (skipped), each cond row is taken as its own image."""
+    images = total_rows - cond_rows or cond_rows
+    return tuple(r * images // cond_rows for r in range(cond_rows)) + (None,) * (total_rows - cond_rows)
+
+
 @dataclass
 class _Rows:
     """The cond/uncond layout of the current denoiser call and how much of it the UNet consumed."""
 
     layout: tuple[bool, ...] = ()
+    images: tuple[int | None, ...] = ()  # per row of the denoiser call: its batch image (None: uncond)
     cursor: int = 0
     current: tuple[bool, ...] | None = None
+    current_images: tuple[int | None, ...] | None = None
     latent_hw: tuple[int, int] | None = None
     warned: bool = False
 
@@ -134,12 +144,16 @@ class Job:
     _hooks: Attn2Hooks | None = None
     _unet_handle: RemovableHandle | None = None
     unet: nn.Module | None = None
+    #: Attention maps wanted: each call's rows are told which batch image they belong to.
+    record_rows: bool = False
 
     # -- host events -------------------------------------------------------------------------
     def begin_step(self, progress: float, cond_rows: int, total_rows: int) -> None:
         """Called once per denoiser call, before the UNet runs: rows [0, cond_rows) are cond."""
         self.progress = progress
-        self._rows = _Rows(layout=tuple(i < cond_rows for i in range(total_rows)), warned=self._rows.warned)
+        layout = tuple(i < cond_rows for i in range(total_rows))
+        images = row_images(cond_rows, total_rows) if self.record_rows else ()
+        self._rows = _Rows(layout=layout, images=images, warned=self._rows.warned)
 
     def attach(self, unet: nn.Module, attn2: Sequence[nn.Module]) -> None:
         """Hook ``attn2`` (in adapter key order) and the UNet's forward for row tracking."""
@@ -173,6 +187,7 @@ class Job:
         rows = self._rows
         n = int(x.shape[0])
         layout = rows.layout[rows.cursor : rows.cursor + n]
+        rows.current_images = rows.images[rows.cursor : rows.cursor + n] if rows.images else None
         rows.cursor += n
         rows.latent_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
         if len(layout) == n:
@@ -193,4 +208,5 @@ class Job:
         if layout is None:
             return []
         active = (unit for unit in self.units if unit.active_at(self.progress))
-        return layer_terms(active, layer, layout, int(q.shape[1]), self._rows.latent_hw)
+        rows = self._rows
+        return layer_terms(active, layer, layout, int(q.shape[1]), rows.latent_hw, images=rows.current_images)

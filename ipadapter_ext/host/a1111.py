@@ -29,6 +29,7 @@ from ..interop.controlnet import coexistence_note
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
+    append_maps,
     drop_state,
     get_state,
     new_state,
@@ -77,6 +78,8 @@ class GenerationState(StateBase):
             self.key = key
             _live_jobs.add(self.job)
         self.job.attach(unet, modules)
+        self.job.record_rows = self.maps
+        self.start_maps()
         self.log_units()
         note = coexistence_note(modules)
         if note:
@@ -100,6 +103,10 @@ class GenerationState(StateBase):
         if self.job is not None:
             self.job.detach()
 
+    def end_pass(self, p: Any) -> None:
+        self.detach()
+        self.keep_maps(p)
+
 
 def process(p: Any, args: tuple) -> None:
     sweep()
@@ -110,7 +117,7 @@ def before_sampling(p: Any) -> None:
     state: GenerationState | None = get_state(p)
     if state is None:
         return
-    wrap_sampler(p, state, state.detach)  # hooks come off in a finally around the sampler
+    wrap_sampler(p, state, lambda: state.end_pass(p))  # hooks come off in a finally around the sampler
     if state.error is not None:
         return
     if state.skip_hires(p):
@@ -133,10 +140,12 @@ def on_cfg_denoiser(params: Any) -> None:
     state.job.begin_step(step_progress(params), int(cond.shape[0]), int(params.x.shape[0]))
 
 
-def postprocess(p: Any) -> None:
+def postprocess(p: Any, processed: Any = None) -> None:
     state: GenerationState | None = get_state(p)
     if state is not None:
         state.detach()
+        if processed is not None:
+            append_maps(p, processed, state)
         drop_state(p)
 
 

@@ -51,6 +51,7 @@ def ui_hooks() -> Any:
         default_weight,
         known_models=lambda: [m.name for m in KNOWN_MODELS],
         download=download_models,
+        attention_map_default=bool(opt("ipadapter_attention_map", False)),
     )
 
 

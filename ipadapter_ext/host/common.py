@@ -41,6 +41,31 @@ class StateBase:
     key: tuple | None = None
     logged: bool = False
     notes: set[str] = field(default_factory=set)
+    #: Attention maps: wanted (the request's switch), and the last pass's maps per batch iteration
+    #: → unit number → image index in the batch.
+    maps: bool = False
+    drawn: dict[int, dict[int, dict[int, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.maps = any(r.attention_map for r in self.requests)
+
+    def start_maps(self) -> None:
+        """A sampling pass begins: fresh accumulators, so hires fix shows its final pass. Without
+        maps nothing is set, and the per-step path records nothing."""
+        if self.maps and self.job is not None:
+            from ..core.attention_map import UnitMap
+
+            for unit in self.job.units:
+                unit.attention_map = UnitMap()
+
+    def keep_maps(self, p: Any) -> None:
+        """A sampling pass ended: its maps are this batch iteration's (a later pass replaces them).
+        A unit that added nothing (weight 0, not active) gets all-zero maps: shown blank."""
+        if self.maps and self.job is not None:
+            images = range(int(getattr(p, "batch_size", 1) or 1))
+            self.drawn[int(getattr(p, "iteration", 0))] = {
+                u.number: u.attention_map.maps(images) for u in self.job.units if u.attention_map is not None
+            }
 
     def note(self, text: str) -> None:
         """Print ``text`` once per generation (the WebUI console is where users look)."""
@@ -95,6 +120,35 @@ def get_state(p: Any) -> Any:
 def drop_state(p: Any) -> None:
     if hasattr(p, STATE_ATTR):
         delattr(p, STATE_ATTR)
+
+
+def append_maps(p: Any, processed: Any, state: StateBase) -> None:
+    """After the generated images, one attention map per image and enabled unit, each laid over
+    its image, on one scale shared by every unit of the generation; its infotext says what it is."""
+    if not state.maps or not state.drawn or state.job is None:
+        return
+    from ..core.attention_map import normalise, render, shared_scale
+
+    names = {u.number: u.adapter.name for u in state.job.units}
+    scale = shared_scale(m for units in state.drawn.values() for images in units.values() for m in images.values())
+    first, batch = int(getattr(processed, "index_of_first_image", 0)), int(getattr(p, "batch_size", 1) or 1)
+    generated = len(processed.images)
+    for iteration, units in sorted(state.drawn.items()):
+        per_image: dict[int, list[tuple[int, Any]]] = {}
+        for number, images in units.items():
+            for index, heat in images.items():
+                per_image.setdefault(index, []).append((number, heat))
+        for index, maps in sorted(per_image.items()):
+            at = first + iteration * batch + index
+            if at >= generated:
+                continue
+            for number, heat in sorted(maps, key=lambda m: m[0]):
+                label = f"IP-Adapter unit {number} · {names.get(number, '')}"
+                processed.images.append(render(processed.images[at], normalise(heat, scale), label))
+                processed.infotexts.append(
+                    f"IP-Adapter attention map: unit {number}, model {names.get(number, '')}, image {at - first + 1}"
+                    f" (not a generated image; one scale for all units of this generation, max {scale:.3g})"
+                )
 
 
 def failed_to_prepare(exc: Exception) -> IPAdapterError:

@@ -23,6 +23,7 @@ from typing import Any
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
+    append_maps,
     drop_state,
     get_state,
     new_state,
@@ -55,7 +56,8 @@ class ForgeState(StateBase):
             self.key = key
         self.log_units()
         self.clock = StepClock()  # a new pass: no step reported yet
-        run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast)
+        self.start_maps()
+        run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         clone = patcher.clone()
         register_patches(clone, run)
         clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)
@@ -116,7 +118,8 @@ def before_sampling(p: Any) -> None:
     state: ForgeState | None = get_state(p)
     if state is None:
         return
-    wrap_sampler(p, state)  # Forge resets the patcher each pass: nothing to remove afterwards
+    # Forge resets the patcher each pass: nothing to remove afterwards, only the maps to keep
+    wrap_sampler(p, state, lambda: state.keep_maps(p))
     if state.error is not None or state.skip_hires(p):
         return
     prepare_or_record(state, lambda: state.patch(p.sd_model))
@@ -132,7 +135,10 @@ def on_cfg_denoiser(params: Any) -> None:
     )
 
 
-def postprocess(p: Any) -> None:
+def postprocess(p: Any, processed: Any = None) -> None:
+    state: ForgeState | None = get_state(p)
+    if state is not None and processed is not None:
+        append_maps(p, processed, state)
     drop_state(p)
 
 

@@ -55,6 +55,13 @@ def row_layout(cond_or_uncond: Sequence[int], rows: int) -> tuple[bool, ...] | N
     return tuple(int(c) == 0 for c in cond_or_uncond for _ in range(per_chunk))
 
 
+def row_images(cond_or_uncond: Sequence[int], rows: int) -> tuple[int | None, ...]:
+    """The batch image each row belongs to (``None`` for uncond rows): every chunk holds the
+    batch's images in order, so a row's image is its place in its chunk."""
+    per_chunk = rows // len(cond_or_uncond)
+    return tuple(i if int(c) == 0 else None for c in cond_or_uncond for i in range(per_chunk))
+
+
 @dataclass
 class StepClock:
     """The denoiser's latest (sigma, step fraction), reported by ``on_cfg_denoiser``."""
@@ -79,6 +86,7 @@ class ForgeRun:
     sigma_ranges: list[tuple[float, float]]  # (sigma at start, sigma at end) per unit
     clock: StepClock
     upcast: bool = False
+    maps: bool = False  # attention maps wanted: rows are told which image they belong to
     _active: tuple[tuple | None, list[PreparedUnit]] = (None, [])
     _warned: bool = False
     chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
@@ -114,7 +122,8 @@ class ForgeRun:
         sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
         shape = extra_options.get("original_shape")
         latent_hw = (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
-        terms = layer_terms(self.active_units(sigma), layer, layout, int(q.shape[1]), latent_hw)
+        images = row_images(extra_options["cond_or_uncond"], len(layout)) if self.maps else None
+        terms = layer_terms(self.active_units(sigma), layer, layout, int(q.shape[1]), latent_hw, images=images)
         return [_on_device(t, q.device) for t in terms]
 
 

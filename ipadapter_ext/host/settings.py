@@ -39,6 +39,7 @@ def register_settings() -> None:
         "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
+    add("ipadapter_attention_map", False, "Show where each unit acts (attention maps) by default in the UI")
     _extend_frozen_options_schema([k for k in shared.opts.data_labels if k.startswith("ipadapter_")])
 
 

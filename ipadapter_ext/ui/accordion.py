@@ -26,6 +26,7 @@ class BuiltUI:
     inputs: list  # the script's arguments, in order
     enabled: Any  # the accordion's checkbox
     units: list[dict[str, Any]]  # per unit: field name → component, plus "info"
+    show_maps: Any = None  # "Show where each unit acts": an attention map per unit after the images
 
 
 @dataclass
@@ -39,6 +40,7 @@ class UiHooks:
     default_weight: float = DEFAULTS.weight  # the "default weight" setting; the API uses the same
     known_models: Callable[[], list[str]] | None = None  # official files that can be downloaded
     download: Callable[[list[str]], str] | None = None  # names → status text
+    attention_map_default: bool = False  # the "show where each unit acts" setting
 
 
 def build(
@@ -49,17 +51,18 @@ def build(
     ``accordion_cls`` and ``tool_button_cls`` are the WebUI's ``InputAccordion`` and
     ``ToolButton`` (the small icon button next to dropdowns), passed in by the host."""
     built: list[dict[str, Any]] = []
-    with (
-        accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled,
-        gr.Tabs(elem_id=elem_id("units")),
-    ):
-        for i in range(units):
-            with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
-                built.append(_unit(i, elem_id, hooks, tool_button_cls, enabled))
-        if hooks.known_models is not None and hooks.download is not None:
-            _downloads(elem_id, hooks)
-    inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS]
-    return BuiltUI(inputs, enabled, built)
+    with accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled:
+        with gr.Tabs(elem_id=elem_id("units")):
+            for i in range(units):
+                with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
+                    built.append(_unit(i, elem_id, hooks, tool_button_cls, enabled))
+            if hooks.known_models is not None and hooks.download is not None:
+                _downloads(elem_id, hooks)
+        show_maps = gr.Checkbox(
+            label="Show where each unit acts", value=hooks.attention_map_default, elem_id=elem_id("attention_map")
+        )
+    inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS] + [show_maps]
+    return BuiltUI(inputs, enabled, built, show_maps)
 
 
 def _downloads(elem_id: Callable[[str], str], hooks: UiHooks) -> None:

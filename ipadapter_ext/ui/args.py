@@ -65,8 +65,9 @@ def _untouched(values: dict[str, Any]) -> bool:
 
 
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
-    """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N]``
-    from the UI, or JSON unit objects from the API."""
+    """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N,
+    show_maps]`` from the UI (``show_maps`` may be absent: older layouts), or JSON unit objects
+    from the API."""
     from_api = api_units(args)
     if from_api is not None:
         return from_api
@@ -75,6 +76,7 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     rest = list(args[1:])
     units: list[tuple[int, IPAdapterUnit]] = []
     width = len(UNIT_FIELDS)
+    show_maps = len(rest) % width == 1 and bool(rest[-1])  # the accordion's map toggle, after the units
     for start in range(0, len(rest) - width + 1, width):
         values = dict(zip(UNIT_FIELDS, rest[start : start + width], strict=True))
         number = start // width + 1
@@ -84,5 +86,5 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
         values["image"] = [im for im in images if im is not None]
         if values["model"] == NONE:
             values["model"] = ""
-        units.append((number, validate_unit(values, number)))
+        units.append((number, validate_unit({**values, "attention_map": show_maps}, number)))
     return units

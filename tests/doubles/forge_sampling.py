@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from modules import script_callbacks, shared
 
 from tests.doubles.forge_backend import forge_unet_forward
+from tests.doubles.webui_sampling import processed_images
 
 #: How chunks are put into UNet calls: Forge's memory check decides between one call and several.
 BATCHINGS = {
@@ -130,6 +130,12 @@ class ForgeProcessing:
     sampler: Sampler | None = None
     samplers: list = field(default_factory=list)
     extra_generation_params: dict = field(default_factory=dict)
+    iteration: int = 0
+    processed: object = None  # what postprocess received (set by run_forge_job)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch
 
 
 def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = None):
@@ -167,5 +173,6 @@ def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = N
                                            torch.zeros_like(torch.nn.functional.interpolate(samples, scale_factor=2)),
                                            p.cond, p.uncond)  # fmt: skip
         p.is_hr_pass = False
-    script.postprocess(p, SimpleNamespace(images=[samples]), *args)
+    p.processed = processed_images(samples)
+    script.postprocess(p, p.processed, *args)
     return samples

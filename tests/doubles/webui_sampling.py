@@ -141,6 +141,12 @@ class Processing:
     extra_generation_params: dict = field(default_factory=dict)
     seed: int = 0
     is_api: bool = False  # set by modules/api/api.py for API requests
+    iteration: int = 0  # the batch iteration (n_iter) being generated
+    processed: object = None  # what postprocess received (set by run_job)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.repeats)
 
 
 def _hw(side: int | tuple[int, int]) -> tuple[int, int]:
@@ -182,5 +188,18 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
         new_pass(x)
         samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), p.cond, p.uncond)
         p.is_hr_pass = False
-    hook("postprocess", SimpleNamespace(images=[samples]))
+    p.processed = processed_images(samples)
+    hook("postprocess", p.processed)
     return samples
+
+
+def processed_images(samples: torch.Tensor) -> SimpleNamespace:
+    """What ``process_images`` hands to ``postprocess``: one PIL image per batch image (a stand-in
+    for the VAE decode: the first three latent channels, scaled 8×), an infotext each, no grid."""
+    from PIL import Image
+
+    images = []
+    for latent in samples:
+        rgb = (latent[:3].float().sigmoid() * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        images.append(Image.fromarray(rgb).resize((rgb.shape[1] * 8, rgb.shape[0] * 8), Image.NEAREST))
+    return SimpleNamespace(images=images, infotexts=["generated"] * len(images), index_of_first_image=0)

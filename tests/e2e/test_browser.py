@@ -199,3 +199,16 @@ def test_dropping_an_image_ticks_the_unit_and_the_accordion(page, reference):
         "the accordion to be ticked",
     )
 
+
+
+def test_the_map_toggle_shows_a_map_in_the_gallery(page, model, reference):
+    def distinct_images() -> int:
+        return page.js(
+            "return new Set([...document.querySelectorAll('#txt2img_gallery img')].map(i => i.src)).size;"
+        )
+
+    small_job(page, "txt2img")
+    set_up_unit_1(page, "txt2img", model, reference)
+    page.find("#script_txt2img_ipadapter_attention_map input[type=checkbox]").click()
+    page.generate("txt2img")
+    page.wait(lambda: distinct_images() >= 2, "the generated image and its map in the gallery")
