@@ -13,6 +13,7 @@ skipped when the server lists no such checkpoint or adapter.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -142,3 +143,13 @@ def test_back_on_sd15_the_baseline_and_a_unit_still_work(webui: WebUI, sdxl: Sdx
     assert same_pixels(plain, baseline), "SD1.5 after SDXL differs from the SD1.5 baseline"
     image = generate(webui.client, with_units(txt2img_payload(), unit(model)))[0]
     assert not same_pixels(image, baseline), "the SD1.5 unit had no effect after the SDXL requests"
+
+
+def test_sdxl_attention_map(webui: WebUI, sdxl: Sdxl):
+    """SDXL's 70 cross-attention layers feed the map as SD1.5's 16 do; the image is unchanged."""
+    plain = generate(webui.client, with_units(sdxl.payload(), unit(sdxl.adapter)))
+    reply = webui.client.post("/sdapi/v1/txt2img", with_units(sdxl.payload(), unit(sdxl.adapter, attention_map=True)))
+    assert reply.status == 200, reply.text[:3000]
+    images, texts = reply.json()["images"], json.loads(reply.json()["info"])["infotexts"]
+    assert len(images) == 2 and texts[1].startswith("IP-Adapter attention map: unit 1")
+    assert same_pixels(images[0], plain[0])
