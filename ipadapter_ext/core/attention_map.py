@@ -127,7 +127,7 @@ _INFERNO = torch.tensor(
 )  # fmt: skip
 ALPHA_COLD, ALPHA_HOT = 0.3, 0.85  # overlay opacity at 0 and at the shared max
 BLANK_DIM = 0.45  # brightness of the image under an all-zero map
-SCALE_NOTE = "scale shared by all units of this generation"
+SCALE_NOTE = "one scale for all units"  # short: maps are as wide as the image, often 512 px or less
 
 
 def colormap(heat: torch.Tensor) -> torch.Tensor:
