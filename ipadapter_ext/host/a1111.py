@@ -123,7 +123,7 @@ def before_sampling(p: Any) -> None:
     if state.skip_hires(p):
         state.detach()
         return
-    prepare_or_record(state, lambda: state.ensure_job(p.sd_model))
+    prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.ensure_job(p.sd_model))
 
 
 def on_cfg_denoiser(params: Any) -> None:

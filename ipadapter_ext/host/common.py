@@ -23,6 +23,7 @@ from ..interop.xyz import apply_overrides, register_xyz_axes
 from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
+from .inpaint_area import follow_inpaint_area
 from .models import _current_placement, engine, loaded_signature, model_hash
 from .settings import opt, register_settings
 
@@ -45,9 +46,18 @@ class StateBase:
     #: → unit number → image index in the batch.
     maps: bool = False
     drawn: dict[int, dict[int, dict[int, Any]]] = field(default_factory=dict)
+    inpaint_checked: bool = False
 
     def __post_init__(self) -> None:
         self.maps = any(r.attention_map for r in self.requests)
+
+    def follow_inpaint_area(self, p: Any) -> bool:
+        """Once ``p.init`` has run: fit unit masks to an "Only masked" inpaint region. Returns
+        whether any unit is left to apply."""
+        if not self.inpaint_checked:
+            self.inpaint_checked = True
+            self.requests = follow_inpaint_area(p, self.requests, self.note)
+        return bool(self.requests)
 
     def start_maps(self) -> None:
         """A sampling pass begins: fresh accumulators, so hires fix shows its final pass. Without

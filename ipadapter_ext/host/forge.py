@@ -122,7 +122,7 @@ def before_sampling(p: Any) -> None:
     wrap_sampler(p, state, lambda: state.keep_maps(p))
     if state.error is not None or state.skip_hires(p):
         return
-    prepare_or_record(state, lambda: state.patch(p.sd_model))
+    prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
 
 
 def on_cfg_denoiser(params: Any) -> None:
