@@ -148,11 +148,15 @@ class Page:
         return self.find(f"{css} input").get_attribute("value")
 
     def dropdown_options(self, css: str) -> list[str]:
-        box = self.find(f"{css} input")
-        box.click()
-        items = self.wait(lambda: self.find_all(f"{css} ul.options li, {css} li.item"), f"the options of {css}")
+        """The choices a user sees on opening the dropdown; the list is closed again by moving
+        the focus away (gradio 4 ignores Escape there), so callers may retry."""
+        options = f"{css} ul.options li, {css} li.item"
+        if not self.find_all(options):
+            self.find(f"{css} input").click()
+        items = self.wait(lambda: self.find_all(options), f"the options of {css}", timeout=15)
         values = [o.get_attribute("data-value") or o.text.strip() for o in items]
-        box.send_keys("\ue00c")  # Escape closes the list
+        self.js("if (document.activeElement) document.activeElement.blur();")
+        self.wait(lambda: not self.find_all(options), f"the options of {css} to close", timeout=15)
         return values
 
     def set_number(self, css: str, value: float) -> None:
