@@ -19,11 +19,14 @@ def register_settings() -> None:
     import gradio as gr
     from modules import shared
 
+    keys: list[str] = []
+
     def add(
         key: str, default: Any, label: str, component: Any = None, args: dict | None = None, onchange: Any = None
     ) -> None:
         info = shared.OptionInfo(default, label, component, args, onchange=onchange, section=SETTINGS_SECTION)
         shared.opts.add_option(key, info)
+        keys.append(key)
 
     add("ipadapter_units", 3, "Number of IP-Adapter units (restart the UI to apply)", gr.Slider,
         {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
@@ -40,7 +43,7 @@ def register_settings() -> None:
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
     add("ipadapter_attention_map", False, "Show where each unit acts (attention maps) by default in the UI")
-    _extend_frozen_options_schema([k for k in shared.opts.data_labels if k.startswith("ipadapter_")])
+    _extend_frozen_options_schema(keys)
 
 
 def _extend_frozen_options_schema(keys: list[str]) -> None:
