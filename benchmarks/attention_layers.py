@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ipadapter_ext.core.attention import ImageKV, add_image_attention
-from ipadapter_ext.core.attention_map import UnitMap
-from ipadapter_ext.core.masks import RegionMask
+from ipadapter_ext.core.attend.attention import ImageKV, add_image_attention
+from ipadapter_ext.core.attend.attention_map import UnitMap
+from ipadapter_ext.core.attend.masks import RegionMask
 
 SD15_LAYERS = [  # (width, latent downscale) in execution order: input, middle, output
     (320, 1), (320, 1), (640, 2), (640, 2), (1280, 4), (1280, 4), (1280, 8),

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-from ipadapter_ext.core.formats import read_flat_tensors, read_shapes
+from ipadapter_ext.core.load.formats import read_flat_tensors, read_shapes
 start = time.perf_counter()
 result = {how}({path!r})
 took = time.perf_counter() - start

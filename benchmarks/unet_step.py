@@ -40,12 +40,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.attention import ImageKV
-from ipadapter_ext.core.hooks import Attn2Hooks
-from ipadapter_ext.core.kv import UnitKV
-from ipadapter_ext.core.layers import map_ldm_attn2
-from ipadapter_ext.core.projections import EncodedImages
+from ipadapter_ext.core.attend.attention import ImageKV
+from ipadapter_ext.core.attend.hooks import Attn2Hooks
+from ipadapter_ext.core.attend.kv import UnitKV
+from ipadapter_ext.core.attend.layers import map_ldm_attn2
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.project.projections import EncodedImages
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors
 
 BATCH, CTX, TEXT_TOKENS, IMAGE_TOKENS = 2, 768, 77, 16

@@ -5,7 +5,7 @@
     python -m ipadapter_ext.download NAME --models-dir /path/to/webui/models
     python -m ipadapter_ext.download NAME --dir /some/folder
 
-Only files in :data:`ipadapter_ext.core.known_models.KNOWN_MODELS` can be fetched, from their
+Only files in :data:`ipadapter_ext.core.load.known_models.KNOWN_MODELS` can be fetched, from their
 publisher's Hugging Face repository. The transfer streams into ``<name>.part`` next to the final
 file; an interrupted transfer is resumed with an HTTP Range request on the next run. The file gets
 its final name (``os.replace``, atomic) only once its size and SHA-256 match the list, so the
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.errors import IPAdapterError
-from .core.known_models import KNOWN_MODELS, KnownModel
+from .core.load.known_models import KNOWN_MODELS, KnownModel
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 CHUNK_SIZE = 1 << 20

@@ -12,13 +12,13 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, Field
 
-from .core.attention import WeightMode
-from .core.combine import CombineMode
-from .core.embeds import unpack_embeds
+from .core.attend.attention import WeightMode
+from .core.attend.weights import WeightType
+from .core.encode.combine import CombineMode
+from .core.encode.embeds import unpack_embeds
+from .core.encode.preprocess import CropMode
 from .core.engine import AUTO, UnitRequest
 from .core.errors import IPAdapterError
-from .core.preprocess import CropMode
-from .core.weights import WeightType
 from .unit_inputs import MAX_IMAGE_PIXELS, as_image, decode_image, decode_mask, number_list
 
 PYDANTIC_V2 = pydantic.VERSION.startswith("2")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .core.attend.masks import mask_tensor
 from .core.errors import IPAdapterError
-from .core.masks import mask_tensor
 
 #: Reference images larger than this are refused before decoding (a 8192×8192 image is 67 M).
 MAX_IMAGE_PIXELS = 8192 * 8192

@@ -14,10 +14,10 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from modules import script_callbacks, shared
 from PIL import Image
 
-from ipadapter_ext.core.attention import ImageKV
+from ipadapter_ext.core.attend.attention import ImageKV
+from ipadapter_ext.core.attend.hooks import Attn2Hooks
 from ipadapter_ext.core.engine import UnitRequest
-from ipadapter_ext.core.formats import save_adapter_tensors
-from ipadapter_ext.core.hooks import Attn2Hooks
+from ipadapter_ext.core.load.formats import save_adapter_tensors
 from ipadapter_ext.host import a1111
 from ipadapter_ext.ui.layout import UNIT_FIELDS
 from tests.doubles.webui_sampling import Processing, run_job

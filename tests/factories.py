@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ipadapter_ext.core.formats import AdapterTensors
+from ipadapter_ext.core.load.formats import AdapterTensors
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -209,7 +209,7 @@ def test_checkpoint_change_between_generations(webui):
 @torch.no_grad()
 @pytest.mark.parametrize("lowmem", [False, True])
 def test_encoder_offload_under_medvram(webui, monkeypatch, lowmem):
-    from ipadapter_ext.core.encoder import ClipVisionEncoder
+    from ipadapter_ext.core.encode.encoder import ClipVisionEncoder
 
     moves: list[str] = []
     original = ClipVisionEncoder.to

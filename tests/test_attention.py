@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IPAdapterAttnProcessor2_0
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.attention import SCALERS, ImageKV, WeightMode, add_image_attention
-from ipadapter_ext.core.kv import UnitKV
-from ipadapter_ext.core.projections import EncodedImages
+from ipadapter_ext.core.attend.attention import SCALERS, ImageKV, WeightMode, add_image_attention
+from ipadapter_ext.core.attend.kv import UnitKV
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.project.projections import EncodedImages
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 
 CTX, HEADS = 32, 2

@@ -17,8 +17,8 @@ from ldm.modules.attention import BasicTransformerBlock
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from PIL import Image
 
-from ipadapter_ext.core.attention import SCALERS, ImageKV, WeightMode, add_image_attention
-from ipadapter_ext.core.attention_map import (
+from ipadapter_ext.core.attend.attention import SCALERS, ImageKV, WeightMode, add_image_attention
+from ipadapter_ext.core.attend.attention_map import (
     ALPHA_COLD,
     ALPHA_HOT,
     MAX_SIDE,
@@ -29,10 +29,10 @@ from ipadapter_ext.core.attention_map import (
     render,
     shared_scale,
 )
-from ipadapter_ext.core.hooks import Attn2Hooks
+from ipadapter_ext.core.attend.hooks import Attn2Hooks
+from ipadapter_ext.core.attend.kv import UnitKV
+from ipadapter_ext.core.attend.masks import RegionMask
 from ipadapter_ext.core.job import PreparedUnit, layer_terms
-from ipadapter_ext.core.kv import UnitKV
-from ipadapter_ext.core.masks import RegionMask
 
 HEADS, INNER, T = 2, 16, 5
 HW = (16, 24)  # a non-square latent: levels 16×24, 8×12, 4×6, 2×3; accumulator 8×12

@@ -33,7 +33,10 @@ def test_maps_follow_the_generated_images_and_change_nothing(webui):
     assert len(plain.processed.images) == 2 and not any(map(is_map, plain.processed.infotexts))
     texts = mapped.processed.infotexts
     assert texts[:2] == ["generated", "generated"] and len(mapped.processed.images) == 2 + 2 * 2
-    assert [t.split(",")[0] for t in texts[2:]] == ["IP-Adapter attention map: unit 1", "IP-Adapter attention map: unit 2"] * 2
+    assert [t.split(",")[0] for t in texts[2:]] == [
+        "IP-Adapter attention map: unit 1",
+        "IP-Adapter attention map: unit 2",
+    ] * 2
     w, h = mapped.processed.images[0].size  # each map is its image with a legend strip below
     assert all(m.size[0] == w and m.size[1] > h for m in mapped.processed.images[2:])
 
@@ -41,7 +44,10 @@ def test_maps_follow_the_generated_images_and_change_nothing(webui):
 @torch.no_grad()
 def test_an_api_unit_asking_for_maps_maps_every_unit(webui):
     p = job(webui.model)
-    units = [{"image": image(1), "model": "tiny-plus", "attention_map": True}, {"image": image(2), "model": "tiny-plus"}]
+    units = [
+        {"image": image(1), "model": "tiny-plus", "attention_map": True},
+        {"image": image(2), "model": "tiny-plus"},
+    ]
     run_job(webui.script, units, p)
     assert sum(map(is_map, p.processed.infotexts)) == 2
     without = job(webui.model)

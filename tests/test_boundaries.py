@@ -29,7 +29,7 @@ def test_core_sources_import_no_host_package():
 
 
 def test_every_core_module_imports_with_host_packages_blocked():
-    modules = [f"ipadapter_ext.core.{m.name}" for m in pkgutil.iter_modules([str(CORE)])]
+    modules = [m.name for m in pkgutil.walk_packages([str(CORE)], prefix="ipadapter_ext.core.")]
     code = (
         "import sys\n"
         "class Block:\n"

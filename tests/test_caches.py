@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.cache import EmbeddingCache, image_digest
-from ipadapter_ext.core.encoder import ClipVisionEncoder
-from ipadapter_ext.core.kv import UnitKV
-from ipadapter_ext.core.projections import EncodedImages
-from ipadapter_ext.core.references import encode_references
+from ipadapter_ext.core.attend.kv import UnitKV
+from ipadapter_ext.core.encode.cache import EmbeddingCache, image_digest
+from ipadapter_ext.core.encode.encoder import ClipVisionEncoder
+from ipadapter_ext.core.encode.references import encode_references
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.project.projections import EncodedImages
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 from tests.test_encoder import _save, _tiny_model
 

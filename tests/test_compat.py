@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ipadapter_ext.core.compat import UNetSignature, check_encoder, check_unet, compatible_encoders
-from ipadapter_ext.core.detect import detect_adapter
-from ipadapter_ext.core.encoder import infer_clip_spec
+from ipadapter_ext.core.encode.encoder import infer_clip_spec
 from ipadapter_ext.core.errors import IncompatibleModelError
+from ipadapter_ext.core.load.compat import UNetSignature, check_encoder, check_unet, compatible_encoders
+from ipadapter_ext.core.load.detect import detect_adapter
 from tests.factories import SD15_WIDTHS, SDXL_WIDTHS, adapter_shapes
 from tests.test_encoder import _vision_shapes
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from modules import extensions
 
-from ipadapter_ext.core.attention import ImageKV
-from ipadapter_ext.core.hooks import Attn2Hooks
+from ipadapter_ext.core.attend.attention import ImageKV
+from ipadapter_ext.core.attend.hooks import Attn2Hooks
 from ipadapter_ext.host import a1111
 from ipadapter_ext.interop.controlnet import controlnet_ipadapter_layers, extra_model_dirs
 from tests.a1111_env import PLUS, job, no_hooks_left, run_job, unit_args

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipadapter_ext.core.detect import EncoderOutput, ProjectionKind, detect_adapter
 from ipadapter_ext.core.errors import ModelFileError
+from ipadapter_ext.core.load.detect import EncoderOutput, ProjectionKind, detect_adapter
 from tests.factories import SD15_WIDTHS, SDXL_WIDTHS, adapter_shapes, ip_layers, tiny_widths
 
 SD15 = (768, SD15_WIDTHS)

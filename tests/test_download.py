@@ -23,7 +23,7 @@ import pytest
 
 import ipadapter_ext.download as dl
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.known_models import FOLDERS, KNOWN_MODELS, OFFICIAL_REPOS, KnownModel, find_known_model
+from ipadapter_ext.core.load.known_models import FOLDERS, KNOWN_MODELS, OFFICIAL_REPOS, KnownModel, find_known_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = random.Random(1234).randbytes(300_000)

@@ -9,9 +9,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from ipadapter_ext.core.encoder import ClipVisionEncoder, infer_clip_spec
+from ipadapter_ext.core.encode.encoder import ClipVisionEncoder, infer_clip_spec
+from ipadapter_ext.core.encode.preprocess import CropMode, pixel_values, prepare_image
 from ipadapter_ext.core.errors import ModelFileError
-from ipadapter_ext.core.preprocess import CropMode, pixel_values, prepare_image
 
 TINY = dict(
     hidden_size=128,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.encoder import ClipVisionEncoder
+from ipadapter_ext.core.encode.encoder import ClipVisionEncoder
 from ipadapter_ext.core.errors import ModelFileError
-from ipadapter_ext.core.formats import load_adapter_tensors, read_shapes, save_adapter_tensors
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.load.formats import load_adapter_tensors, read_shapes, save_adapter_tensors
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 
 SHAPES = adapter_shapes("base", 32, tiny_widths(SD15_WIDTHS), 40)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from modules import script_callbacks
 
+from ipadapter_ext.core.attend.weights import WeightType
 from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.weights import WeightType
 from ipadapter_ext.host import a1111, common, forge, forge_patch
 from tests.a1111_env import CTX, PLUS, image, make_webui, sd_model, unit_args
 from tests.doubles.forge_backend import forge_unet_forward, unet_patcher

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 from ldm.modules.attention import CrossAttention
 
-from ipadapter_ext.core.attention import ImageKV
-from ipadapter_ext.core.hooks import Attn2Hooks
+from ipadapter_ext.core.attend.attention import ImageKV
+from ipadapter_ext.core.attend.hooks import Attn2Hooks
 
 WIDTH, CTX, HEADS, T = 64, 32, 4, 6
 

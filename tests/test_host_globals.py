@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 
-from ipadapter_ext.core.formats import load_adapter_tensors, read_flat_tensors, read_shapes, save_adapter_tensors
+from ipadapter_ext.core.load.formats import load_adapter_tensors, read_flat_tensors, read_shapes, save_adapter_tensors
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 
 

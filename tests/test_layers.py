@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.compat import UNetSignature, check_unet
-from ipadapter_ext.core.layers import map_ldm_attn2
+from ipadapter_ext.core.attend.layers import map_ldm_attn2
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.load.compat import UNetSignature, check_unet
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 
 # Reference table (SD1.x): n → (LDM block, block id, t_idx)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from diffusers.loaders.unet import UNet2DConditionLoadersMixin
 
-from ipadapter_ext.core.adapter import IPAdapterModel
-from ipadapter_ext.core.detect import ProjectionKind
-from ipadapter_ext.core.formats import load_adapter_tensors, save_adapter_tensors
-from ipadapter_ext.core.projections import EncodedImages
+from ipadapter_ext.core.load.adapter import IPAdapterModel
+from ipadapter_ext.core.load.detect import ProjectionKind
+from ipadapter_ext.core.load.formats import load_adapter_tensors, save_adapter_tensors
+from ipadapter_ext.core.project.projections import EncodedImages
 from tests.factories import SD15_WIDTHS, SDXL_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 
 CTX = 32

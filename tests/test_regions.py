@@ -13,12 +13,12 @@ import torch
 from ldm.modules.diffusionmodules.openaimodel import Downsample
 from PIL import Image
 
-from ipadapter_ext.core.attention import ImageKV, add_image_attention
-from ipadapter_ext.core.combine import CombineMode, combine_encoded
+from ipadapter_ext.core.attend.attention import ImageKV, add_image_attention
+from ipadapter_ext.core.attend.kv import UnitKV
+from ipadapter_ext.core.attend.masks import RegionMask, mask_tensor, token_grid
+from ipadapter_ext.core.encode.combine import CombineMode, combine_encoded
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.kv import UnitKV
-from ipadapter_ext.core.masks import RegionMask, mask_tensor, token_grid
-from ipadapter_ext.core.projections import EncodedImages
+from ipadapter_ext.core.project.projections import EncodedImages
 from ipadapter_ext.unit_inputs import decode_mask
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import ipadapter_ext.core.registry as registry
-from ipadapter_ext.core.detect import ProjectionKind
+import ipadapter_ext.core.load.registry as registry
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.formats import save_adapter_tensors
-from ipadapter_ext.core.registry import ModelRegistry, UnknownModelError
+from ipadapter_ext.core.load.detect import ProjectionKind
+from ipadapter_ext.core.load.formats import save_adapter_tensors
+from ipadapter_ext.core.load.registry import ModelRegistry, UnknownModelError
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 from tests.test_encoder import _vision_shapes
 

@@ -16,11 +16,11 @@ from pydantic import BaseModel
 import ipadapter_ext
 from ipadapter_ext.api import routes
 from ipadapter_ext.api.routes import IMAGE_DESCRIPTION, register_routes
-from ipadapter_ext.core import registry as registry_module
-from ipadapter_ext.core.compat import UNetSignature
 from ipadapter_ext.core.engine import Engine
-from ipadapter_ext.core.formats import save_adapter_tensors
-from ipadapter_ext.core.registry import ModelRegistry
+from ipadapter_ext.core.load import registry as registry_module
+from ipadapter_ext.core.load.compat import UNetSignature
+from ipadapter_ext.core.load.formats import save_adapter_tensors
+from ipadapter_ext.core.load.registry import ModelRegistry
 from ipadapter_ext.schema import DEFAULTS, IPAdapterUnit
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
 from tests.test_encoder import _save, _tiny_model

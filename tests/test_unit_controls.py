@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ipadapter_ext.core.attend.masks import RegionMask
 from ipadapter_ext.core.engine import UnitRequest
-from ipadapter_ext.core.masks import RegionMask
 from ipadapter_ext.host import a1111
 from ipadapter_ext.schema import IPAdapterUnit
 from tests.a1111_env import PLUS, image, job, no_hooks_left, pasted_values, run_job, unit_args

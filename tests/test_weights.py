@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from ipadapter_ext.core.attend.layers import map_ldm_attn2
+from ipadapter_ext.core.attend.weights import DESCRIPTIONS, WeightType, transformer_weights
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.core.layers import map_ldm_attn2
-from ipadapter_ext.core.weights import DESCRIPTIONS, WeightType, transformer_weights
 
 SD15_BLOCKS = ("input",) * 6 + ("middle",) + ("output",) * 9
 SDXL_BLOCKS = ("input",) * 4 + ("middle",) + ("output",) * 6

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..core.compat import UNetSignature, check_unet
-from ..core.embeds import pack_embeds
+from ..core.encode.embeds import pack_embeds
 from ..core.errors import IncompatibleModelError, IPAdapterError
-from ..core.registry import AdapterEntry, EncoderEntry, ModelRegistry
+from ..core.load.compat import UNetSignature, check_unet
+from ..core.load.registry import AdapterEntry, EncoderEntry, ModelRegistry
 from ..schema import PYDANTIC_V2, IPAdapterUnit
 
 if TYPE_CHECKING:  # the routes need no fastapi name at run time; only the caller's app does

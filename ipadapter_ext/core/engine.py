@@ -16,20 +16,20 @@ from pathlib import Path
 
 import torch
 
-from .adapter import IPAdapterModel
-from .attention import WeightMode
-from .cache import EmbeddingCache
-from .combine import CombineMode, combine_encoded
-from .compat import UNetSignature, check_encoder, check_unet
-from .encoder import ClipVisionEncoder
+from .attend.attention import WeightMode
+from .attend.kv import UnitKV
+from .attend.masks import RegionMask
+from .attend.weights import WeightType, transformer_weights
+from .encode.cache import EmbeddingCache
+from .encode.combine import CombineMode, combine_encoded
+from .encode.encoder import ClipVisionEncoder
+from .encode.references import encode_references
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
-from .kv import UnitKV
-from .masks import RegionMask
-from .projections import EncodedImages
-from .references import encode_references
-from .registry import ModelRegistry
-from .weights import WeightType, transformer_weights
+from .load.adapter import IPAdapterModel
+from .load.compat import UNetSignature, check_encoder, check_unet
+from .load.registry import ModelRegistry
+from .project.projections import EncodedImages
 
 log = logging.getLogger("ipadapter")
 

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .adapter import IPAdapterModel
-from .attention import SCALERS, ImageKV, WeightMode
-from .attention_map import UnitMap
-from .hooks import Attn2Hooks
-from .kv import UnitKV
-from .masks import RegionMask
+from .attend.attention import SCALERS, ImageKV, WeightMode
+from .attend.attention_map import UnitMap
+from .attend.hooks import Attn2Hooks
+from .attend.kv import UnitKV
+from .attend.masks import RegionMask
+from .load.adapter import IPAdapterModel
 
 log = logging.getLogger("ipadapter")
 

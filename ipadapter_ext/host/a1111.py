@@ -21,10 +21,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.compat import check_unet
 from ..core.engine import Placement
 from ..core.errors import IPAdapterError
 from ..core.job import Job
+from ..core.load.compat import check_unet
 from ..interop.controlnet import coexistence_note
 from .a1111_ui import build_ui, download_models
 from .common import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.compat import check_unet
 from ..core.errors import IPAdapterError
-from ..core.known_models import KNOWN_MODELS, find_known_model
+from ..core.load.compat import check_unet
+from ..core.load.known_models import KNOWN_MODELS, find_known_model
 from ..schema import DEFAULTS
 from ..ui.infotext import KEY, PASTE_FIELDS, paste_notice, paste_value, pasted_unit
 from .models import engine, unet_layout

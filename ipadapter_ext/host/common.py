@@ -63,7 +63,7 @@ class StateBase:
         """A sampling pass begins: fresh accumulators, so hires fix shows its final pass. Without
         maps nothing is set, and the per-step path records nothing."""
         if self.maps and self.job is not None:
-            from ..core.attention_map import UnitMap
+            from ..core.attend.attention_map import UnitMap
 
             for unit in self.job.units:
                 unit.attention_map = UnitMap()
@@ -137,7 +137,7 @@ def append_maps(p: Any, processed: Any, state: StateBase) -> None:
     its image, on one scale shared by every unit of the generation; its infotext says what it is."""
     if not state.maps or not state.drawn or state.job is None:
         return
-    from ..core.attention_map import normalise, render, shared_scale
+    from ..core.attend.attention_map import normalise, render, shared_scale
 
     names = {u.number: u.adapter.name for u in state.job.units}
     scale = shared_scale(m for units in state.drawn.values() for images in units.values() for m in images.values())

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.attention import ImageKV, add_image_attention
+from ..core.attend.attention import ImageKV, add_image_attention
 from ..core.job import PreparedUnit, layer_terms
 
 log = logging.getLogger("ipadapter")

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..core.compat import UNetSignature
+from ..core.attend.layers import Attn2Slot, map_ldm_attn2
 from ..core.engine import Engine, Placement
-from ..core.layers import Attn2Slot, map_ldm_attn2
-from ..core.registry import ModelRegistry
+from ..core.load.compat import UNetSignature
+from ..core.load.registry import ModelRegistry
 from ..interop.controlnet import extra_model_dirs
 from .settings import opt
 

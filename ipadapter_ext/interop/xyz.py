@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.payload import validation_message
-from ..core.attention import WeightMode
+from ..core.attend.attention import WeightMode
+from ..core.attend.weights import WeightType
 from ..core.errors import IPAdapterError
-from ..core.weights import WeightType
 from ..schema import PYDANTIC_V2, IPAdapterUnit
 
 AXIS_OVERRIDE_ATTR = "ipadapter_overrides"

@@ -12,10 +12,10 @@ from typing import Any
 
 import gradio as gr
 
-from ..core.attention import WeightMode
-from ..core.combine import CombineMode
-from ..core.preprocess import CropMode
-from ..core.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
+from ..core.attend.attention import WeightMode
+from ..core.attend.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
+from ..core.encode.combine import CombineMode
+from ..core.encode.preprocess import CropMode
 from ..schema import DEFAULTS, WEIGHT_RANGE
 from .layout import NONE, UNIT_FIELDS
 from .mask_input import HINT, mask_input
@@ -100,10 +100,15 @@ def _unit(
     with gr.Row():
         image = gr.Image(label=label("Reference image"), type="pil", elem_id=eid("image"))
         more = gr.File(
-            label=label("More reference images (optional)"), file_count="multiple", file_types=["image"], elem_id=eid("more")
+            label=label("More reference images (optional)"),
+            file_count="multiple",
+            file_types=["image"],
+            elem_id=eid("more"),
         )
     with gr.Row():
-        model = gr.Dropdown(label=label("Model"), choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model"))
+        model = gr.Dropdown(
+            label=label("Model"), choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model")
+        )
         encoder = gr.Dropdown(
             label=label("Image encoder"), choices=[DEFAULTS.encoder, *hooks.encoder_names()], value=DEFAULTS.encoder,
             elem_id=eid("encoder"),
@@ -113,7 +118,9 @@ def _unit(
     weight = gr.Slider(label=label("Weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                        value=hooks.default_weight, elem_id=eid("weight"))  # fmt: skip
     with gr.Row():
-        start = gr.Slider(label=label("Start"), minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start"))
+        start = gr.Slider(
+            label=label("Start"), minimum=0, maximum=1, step=0.01, value=DEFAULTS.start, elem_id=eid("start")
+        )
         end = gr.Slider(label=label("End"), minimum=0, maximum=1, step=0.01, value=DEFAULTS.end, elem_id=eid("end"))
     with gr.Row():
         crop = gr.Dropdown(

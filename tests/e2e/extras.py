@@ -34,7 +34,7 @@ class ExtraModels:
 def write_bin_twin(adapter: Path, name: str = BIN_TWIN_FILE) -> Path:
     """``adapter``'s tensors re-saved beside it as a ``.bin`` (the nested image_proj/ip_adapter
     layout) by this environment's ``torch.save``."""
-    from ipadapter_ext.core.formats import load_adapter_tensors, save_adapter_tensors
+    from ipadapter_ext.core.load.formats import load_adapter_tensors, save_adapter_tensors
 
     twin = adapter.with_name(name)
     tmp = twin.with_name(twin.name + ".part.bin")

@@ -118,7 +118,7 @@ def write_tiny_sdxl(root: Path, python: str, created: list[Path], spec: Spec = S
     exists (folders before their files), so a failure half-way still leaves it listed."""
     from safetensors.torch import save_file
 
-    from ipadapter_ext.core.formats import save_adapter_tensors
+    from ipadapter_ext.core.load.formats import save_adapter_tensors
     from tests.factories import adapter_shapes, adapter_tensors
 
     from .webui import checkpoint_attn2

@@ -200,12 +200,9 @@ def test_dropping_an_image_ticks_the_unit_and_the_accordion(page, reference):
     )
 
 
-
 def test_the_map_toggle_shows_a_map_in_the_gallery(page, model, reference):
     def distinct_images() -> int:
-        return page.js(
-            "return new Set([...document.querySelectorAll('#txt2img_gallery img')].map(i => i.src)).size;"
-        )
+        return page.js("return new Set([...document.querySelectorAll('#txt2img_gallery img')].map(i => i.src)).size;")
 
     small_job(page, "txt2img")
     set_up_unit_1(page, "txt2img", model, reference)

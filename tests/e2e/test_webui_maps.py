@@ -40,7 +40,10 @@ def test_a_map_follows_the_image_which_is_unchanged(webui: WebUI, model: str):
 
 
 def test_two_masked_units_and_a_batch_get_a_map_each(webui: WebUI, model: str):
-    units = (unit(model, mask=half_mask(False, (64, 64)), attention_map=True), unit(model, mask=half_mask(True, (64, 64))))
+    units = (
+        unit(model, mask=half_mask(False, (64, 64)), attention_map=True),
+        unit(model, mask=half_mask(True, (64, 64))),
+    )
     images, texts = answer(webui.client, with_units(txt2img_payload(batch_size=2), *units))
     assert len(images) == 2 + 2 * 2 and maps_in(texts) == [2, 3, 4, 5]
     left, right = pixels(images[2])[:64].astype(float), pixels(images[3])[:64].astype(float)

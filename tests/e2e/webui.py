@@ -150,7 +150,7 @@ def checkpoint_attn2(path: Path) -> tuple[int, tuple[int, ...]]:
     ``attn2.to_k`` weights, without loading the tensors."""
     from safetensors import safe_open
 
-    from ipadapter_ext.core.layers import map_ldm_attn2
+    from ipadapter_ext.core.attend.layers import map_ldm_attn2
 
     shapes: dict[str, tuple[int, ...]] = {}
     with safe_open(str(path), framework="pt") as f:
@@ -170,7 +170,7 @@ def checkpoint_attn2(path: Path) -> tuple[int, tuple[int, ...]]:
 def write_tiny_models(root: Path, checkpoint: Path) -> list[Path]:
     """A random resampler ("plus") adapter sized to ``checkpoint`` and a tiny CLIP vision encoder,
     written (atomically) under the install's ``models/``. Returns the paths written."""
-    from ipadapter_ext.core.formats import save_adapter_tensors
+    from ipadapter_ext.core.load.formats import save_adapter_tensors
     from tests.factories import adapter_shapes, adapter_tensors
     from tests.test_encoder import _save, _tiny_model
 

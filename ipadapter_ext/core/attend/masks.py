@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
 
 #: Grids remembered per mask: a generation uses one per UNet level and pass (hires adds a few).
 MAX_GRIDS = 16

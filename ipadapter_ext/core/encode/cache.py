@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from ..project.projections import EncodedImages
 from .preprocess import to_rgb_image
-from .projections import EncodedImages
 
 
 def image_digest(image) -> str:

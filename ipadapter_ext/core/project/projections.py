@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .detect import AdapterInfo, EncoderOutput, ProjectionKind
-from .errors import IncompatibleModelError, ModelFileError
+from ..errors import IncompatibleModelError, ModelFileError
+from ..load.detect import AdapterInfo, EncoderOutput, ProjectionKind
 
 
 @dataclass

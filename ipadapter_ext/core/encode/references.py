@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
+from ..project.projections import EncodedImages
 from .cache import EmbeddingCache, concat_encoded, image_digest
 from .encoder import ClipVisionEncoder
 from .preprocess import CLIP_MEAN, CLIP_STD, CropMode, pixel_values
-from .projections import EncodedImages
 
 #: The noise is seeded, so a negative made with noise is reproducible like the rest of the image.
 NOISE_SEED = 0

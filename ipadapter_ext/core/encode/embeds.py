@@ -15,7 +15,7 @@ import json
 import torch
 from safetensors.torch import load, save
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
 
 FORMAT = "ipadapter-embeds/1"
 

@@ -19,8 +19,8 @@ from enum import Enum
 
 import torch
 
-from .errors import IPAdapterError
-from .projections import EncodedImages
+from ..errors import IPAdapterError
+from ..project.projections import EncodedImages
 
 #: Keeps ``norm average`` finite where a coordinate is zero in every image.
 NORM_EPS = 1e-12

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .formats import Shape, guess_content, normalise_shapes
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .adapter import IPAdapterModel
+from ..load.adapter import IPAdapterModel
 
 #: Row layouts remembered per layer; a generation uses a few, so this only bounds pathologies.
 MAX_LAYOUTS = 8

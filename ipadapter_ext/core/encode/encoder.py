@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .detect import KNOWN_HIDDEN
-from .errors import EncoderError, ModelFileError
-from .formats import Shape, guess_content, read_flat_tensors
-from .projections import EncodedImages
+from ..errors import EncoderError, ModelFileError
+from ..load.detect import KNOWN_HIDDEN
+from ..load.formats import Shape, guess_content, read_flat_tensors
+from ..project.projections import EncodedImages
 
 _VISION = "vision_model."
 _PROJECTION = "visual_projection.weight"

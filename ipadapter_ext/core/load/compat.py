@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..encode.encoder import ClipVisionSpec
+from ..errors import IncompatibleModelError
 from .detect import KNOWN_CONTEXT, AdapterInfo, EncoderOutput
-from .encoder import ClipVisionSpec
-from .errors import IncompatibleModelError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
 
 
 class WeightType(str, Enum):

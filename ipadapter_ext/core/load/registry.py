@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ..encode.encoder import ClipVisionSpec, infer_clip_spec
+from ..errors import IPAdapterError
 from .compat import compatible_encoders
 from .detect import AdapterInfo, detect_adapter
-from .encoder import ClipVisionSpec, infer_clip_spec
-from .errors import IPAdapterError
 from .formats import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_shapes
 
 #: Pickles in ControlNet's folder are loaded only when their file name contains one of these.

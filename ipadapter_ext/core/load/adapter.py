@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..encode.encoder import ClipVisionEncoder
+from ..project.projections import EncodedImages, Projection, build_projection
 from .detect import AdapterInfo, detect_adapter
-from .encoder import ClipVisionEncoder
 from .formats import AdapterTensors, load_adapter_tensors
-from .projections import EncodedImages, Projection, build_projection
 
 
 class IPAdapterModel:

@@ -1,0 +1,1 @@
+"""Encoder outputs → image tokens of the UNet's context width."""
