@@ -63,6 +63,13 @@ class IPAdapterUnit(BaseModel):
     #: Show where the units act: an attention map per enabled unit after the generated images. A
     #: request-wide switch (the UI's toggle): any unit asking for it gives every unit its map.
     attention_map: bool = False
+    #: img2img: the input image is the reference (with several init images, each one for the
+    #: image generated from it), instead of ``image``.
+    image_from_init: bool = False
+    #: Inpainting: the unit acts where the WebUI inpaints (its inpaint mask), instead of ``mask``.
+    mask_from_inpaint: bool = False
+    #: The unit acts outside its mask (drawn, or the inpaint mask) instead of inside.
+    mask_invert: bool = False
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
@@ -92,7 +99,11 @@ class IPAdapterUnit(BaseModel):
         if self.start > self.end:
             raise IPAdapterError(f"IP-Adapter unit {number}: start ({self.start}) is after end ({self.end}).")
         where = f"IP-Adapter unit {number}"
-        images = self.images(number)
+        mask = decode_mask(self.mask, f"{where}, mask")
+        self._check_sources(where, mask is not None)
+        images = [] if self.image_from_init else self.images(number)
+        if mask is not None and self.mask_invert:
+            mask = 1.0 - mask
         if self.image_weights is not None and len(self.image_weights) != len(images) and not self.embeds:
             raise IPAdapterError(
                 f"{where}: image_weights has {len(self.image_weights)} numbers for {len(images)} reference "
@@ -118,9 +129,31 @@ class IPAdapterUnit(BaseModel):
             if self.negative_image is None
             else [as_image(self.negative_image, f"{where}, negative_image")],
             noise=self.noise,
-            mask=decode_mask(self.mask, f"{where}, mask"),
+            mask=mask,
             attention_map=self.attention_map,
+            image_from_init=self.image_from_init,
+            mask_from_inpaint=self.mask_from_inpaint,
+            mask_invert=self.mask_invert,
         )
+
+    def _check_sources(self, where: str, has_mask: bool) -> None:
+        """Contradictory sources are refused rather than one silently winning."""
+        if self.image_from_init and self.embeds:
+            raise IPAdapterError(f"{where}: image_from_init and embeds both give the reference; send one of them.")
+        if self.image_from_init and self.image_weights is not None:
+            raise IPAdapterError(
+                f"{where}: image_weights cannot apply with image_from_init (each init image is the reference of "
+                "its own generated image); remove image_weights."
+            )
+        if self.mask_from_inpaint and has_mask:
+            raise IPAdapterError(
+                f"{where}: both a mask and mask_from_inpaint are given; clear the unit's mask or untick "
+                "'use the inpaint mask'."
+            )
+        if self.mask_invert and not self.mask_from_inpaint and not has_mask:
+            raise IPAdapterError(
+                f"{where}: 'invert mask' is on but the unit has no mask; draw one, use the inpaint mask, or untick it."
+            )
 
 
 DEFAULTS = IPAdapterUnit()

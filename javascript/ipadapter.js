@@ -26,6 +26,9 @@
         "Negative image (optional)": "Encoded as the negative (uncond) side instead of a blank image.",
         "Mask (optional)": "White where this unit acts. Upload a black-and-white mask, or upload a picture and paint over it.",
         "Noise (uncond: the negative image, or the references, blended with noise)": "Blends the negative side with seeded noise; often keeps more of what makes the reference distinct.",
+        "Use the img2img input as the reference": "The image you are transforming is the reference (each file of a batch folder is its own). The reference image above is then ignored.",
+        "Use the inpaint mask as the mask": "The unit acts only where the WebUI inpaints, with no second mask to draw.",
+        "Invert the mask": "The unit acts outside its mask (drawn or inpaint) instead of inside.",
     };
     // Controls whose label gradio does not render as plain text (images, files): hint by elem_id.
     var BY_ID = {
@@ -70,6 +73,12 @@
         return !!(block && block.querySelector("table tr, .file-preview tr, a[download]"));
     }
 
+    function ticked(tab, n, name) {
+        var box = part(tab, n, name);
+        box = box && box.querySelector("input[type=checkbox]");
+        return !!(box && box.checked);
+    }
+
     function modelChosen(tab, n) {
         var input = part(tab, n, "model");
         input = input && input.querySelector("input");
@@ -82,7 +91,7 @@
         var box = part(tab, n, "enabled");
         box = box && box.querySelector("input[type=checkbox]");
         if (!box || !box.checked) return "";
-        var image = hasImage(part(tab, n, "image")) || hasFiles(part(tab, n, "more"));
+        var image = hasImage(part(tab, n, "image")) || hasFiles(part(tab, n, "more")) || ticked(tab, n, "image_from_init");
         var model = modelChosen(tab, n);
         if (image && model) return "ready";
         return image || model ? "incomplete" : "";

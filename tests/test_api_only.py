@@ -50,9 +50,8 @@ def test_an_options_schema_frozen_before_the_script_loaded_is_extended(webui, mo
     from ipadapter_ext.host.settings import register_settings
 
     frozen = types.ModuleType("modules.api.models")
-    frozen.OptionsModel = pydantic.create_model(
-        "Options", samples_format=(Optional[str], pydantic.Field(default="png"))
-    )  # noqa: UP045
+    field = (Optional[str], pydantic.Field(default="png"))  # noqa: UP045
+    frozen.OptionsModel = pydantic.create_model("Options", samples_format=field)
     monkeypatch.setitem(sys.modules, "modules.api.models", frozen)
     register_settings()  # what loading the script does
     shared.opts.samples_format = "png"

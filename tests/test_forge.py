@@ -258,3 +258,21 @@ def test_kv_module_moves_the_tensors_the_units_read(env):
     unit = getattr(p, common.STATE_ATTR).job.units[0]
     assert unit.kv.kv[0][0].dtype == torch.float64 and unit.kv.kv[0][0] is module.k_0_0
     assert unit.kv.rows(0, (True,))[0].dtype == torch.float64
+
+
+@torch.no_grad()
+def test_several_init_images_each_reference_their_own_image(env):
+    """img2img with two init images and ``image_from_init``: on Forge too, each generated image's
+    rows (cond and uncond, in every chunk) see the reference made from its own init image."""
+    a, b = image(3), image(4)
+
+    def run(unit):
+        p = job(env, batch=2)
+        p.init_images = [a, b]
+        return run_forge_job(env.script, unit_args(unit), p)
+
+    both = run({**PLUS, "image": None, "image_from_init": True})
+    only_a, only_b = run({**PLUS, "image": a}), run({**PLUS, "image": b})
+    torch.testing.assert_close(both[0], only_a[0], rtol=1e-4, atol=1e-5)  # a stacked projection: a tolerance
+    torch.testing.assert_close(both[1], only_b[1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[0], only_b[0], rtol=1e-4, atol=1e-5)

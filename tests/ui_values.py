@@ -4,4 +4,5 @@
 UI_VALUES = {"enabled": False, "image": None, "more_images": None, "model": "None", "encoder": "auto", "weight": 1.0,
              "start": 0.0, "end": 1.0, "crop": "center", "weight_type": "linear", "composition_weight": 1.0,
              "weight_mode": "V only", "layer_weights": "", "combine": "concat", "image_weights": "",
-             "negative_image": None, "noise": 0.0, "mask": None}  # fmt: skip
+             "negative_image": None, "noise": 0.0, "mask": None, "image_from_init": False, "mask_from_inpaint": False,
+             "mask_invert": False}  # fmt: skip

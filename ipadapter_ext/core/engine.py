@@ -59,6 +59,13 @@ class UnitRequest:
     noise: float = 0.0  # blends the negative (or the references) with noise for the uncond tokens
     mask: torch.Tensor | None = None  # [H, W] in [0, 1]; white is where the unit acts
     attention_map: bool = False  # record where it acts (a request-wide switch; the host renders it)
+    #: img2img sources, resolved by the host from its processing object before ``prepare``.
+    image_from_init: bool = False  # the references are the init image(s)
+    mask_from_inpaint: bool = False  # the region is the area being inpainted
+    mask_invert: bool = False  # (with mask_from_inpaint) the region is the rest of the image
+    #: Each image is the reference of one generated image of the batch (row i ↔ images[i]),
+    #: instead of all images together being the reference of every generated image.
+    per_image: bool = False
 
 
 class LoadedModels:
@@ -147,22 +154,30 @@ class Engine:
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         try:
-            cond_enc = combine_encoded(
-                encode_references(encoder, req.images, req.crop, self.embeddings), req.combine, req.image_weights
-            )
-            if req.negative_images:
-                uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
-            elif req.noise > 0:
-                noisy = encode_references(encoder, req.images, req.crop, self.embeddings, req.noise)
-                uncond_enc = combine_encoded(noisy, req.combine, req.image_weights)
-            else:
-                uncond_enc = adapter.uncond_inputs(cond_enc, encoder)
-            adapter.to(place.device)
-            cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
+            groups = [[image] for image in req.images] if req.per_image else [req.images]
+            pairs = [self._encode_group(req, adapter, encoder, images, place) for images in groups]
         finally:
             if place.offload_encoder:
                 encoder.to("cpu")
+        cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
         return adapter, encoder_name, cond, uncond
+
+    def _encode_group(
+        self, req: UnitRequest, adapter: IPAdapterModel, encoder: ClipVisionEncoder, images: list, place: Placement
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cond and uncond tokens ([1, T, ctx] each) of ``images`` as one reference."""
+        weights = None if req.per_image else req.image_weights
+        cond_enc = combine_encoded(encode_references(encoder, images, req.crop, self.embeddings), req.combine, weights)
+        if req.negative_images:
+            uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
+        elif req.noise > 0:
+            noisy = encode_references(encoder, images, req.crop, self.embeddings, req.noise)
+            uncond_enc = combine_encoded(noisy, req.combine, weights)
+        else:
+            uncond_enc = adapter.uncond_inputs(cond_enc, encoder)
+        adapter.to(place.device)
+        cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
+        return cond, uncond
 
     @staticmethod
     def _project(adapter: IPAdapterModel, enc: EncodedImages, place: Placement) -> torch.Tensor:

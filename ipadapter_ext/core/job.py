@@ -67,14 +67,16 @@ class PreparedUnit:
         latent_hw: tuple[int, int] | None,
         *,
         images: Sequence[int | None] | None = None,
+        refs: Sequence[int] | None = None,
     ) -> ImageKV | None:
         """This unit's term at ``layer`` for rows laid out as ``layout``, or ``None`` (weight 0).
         ``images[i]`` is the generated image of row i (``None``: uncond); with an attention map,
-        the term records its output there."""
+        the term records its output there. ``refs[i]`` is row i's image, cond or uncond, for
+        units with a reference per image."""
         weight = self.layer_weights[layer]
         if weight == 0:
             return None
-        k, v = self.kv.rows(layer, layout)
+        k, v = self.kv.rows(layer, layout, refs)
         hw = latent_hw or (round(tokens**0.5), round(tokens**0.5))
         mask = None if self.mask is None else self.mask.for_layer(tokens, hw, k.device, k.dtype)
         record = None
@@ -101,14 +103,16 @@ def layer_terms(
     latent_hw: tuple[int, int] | None = None,
     *,
     images: Sequence[int | None] | None = None,
+    refs: Sequence[int] | None = None,
 ) -> list[ImageKV]:
     """The image terms of ``units`` at one layer: the one entry point every host uses (A1111's
     hooks, Forge's attn2 patches), so weight types, masks and swaps behave the same on both.
     ``layout[i]`` says whether row i is cond; ``latent_hw`` is the UNet input's height and width;
-    ``images[i]`` is row i's image index (``None`` for uncond), for the units' attention maps."""
+    ``images[i]`` is row i's image index (``None`` for uncond), for the units' attention maps;
+    ``refs[i]`` row i's image whether cond or uncond, for units with a reference per image."""
     out = []
     for unit in units:
-        term = unit.term(layer, layout, tokens, latent_hw, images=images)
+        term = unit.term(layer, layout, tokens, latent_hw, images=images, refs=refs)
         if term is not None:
             out.append(term)
     return out
@@ -122,15 +126,23 @@ def row_images(cond_rows: int, total_rows: int) -> tuple[int | None, ...]:
     return tuple(r * images // cond_rows for r in range(cond_rows)) + (None,) * (total_rows - cond_rows)
 
 
+def row_refs(cond_rows: int, total_rows: int) -> tuple[int, ...]:
+    """As :func:`row_images`, with the uncond rows' images too (one uncond row per image, in order)."""
+    cond = tuple(i if i is not None else 0 for i in row_images(cond_rows, total_rows)[:cond_rows])
+    return cond + tuple(range(total_rows - cond_rows))
+
+
 @dataclass
 class _Rows:
     """The cond/uncond layout of the current denoiser call and how much of it the UNet consumed."""
 
     layout: tuple[bool, ...] = ()
     images: tuple[int | None, ...] = ()  # per row of the denoiser call: its batch image (None: uncond)
+    refs: tuple[int, ...] = ()  # per row: its batch image, uncond rows included
     cursor: int = 0
     current: tuple[bool, ...] | None = None
     current_images: tuple[int | None, ...] | None = None
+    current_refs: tuple[int, ...] | None = None
     latent_hw: tuple[int, int] | None = None
     warned: bool = False
 
@@ -153,7 +165,13 @@ class Job:
         self.progress = progress
         layout = tuple(i < cond_rows for i in range(total_rows))
         images = row_images(cond_rows, total_rows) if self.record_rows else ()
-        self._rows = _Rows(layout=layout, images=images, warned=self._rows.warned)
+        refs = row_refs(cond_rows, total_rows) if self.per_image_refs else ()
+        self._rows = _Rows(layout=layout, images=images, refs=refs, warned=self._rows.warned)
+
+    @functools.cached_property
+    def per_image_refs(self) -> bool:
+        """Some unit has a reference per generated image: rows must be told their image."""
+        return any(unit.kv.per_image > 1 for unit in self.units)
 
     def attach(self, unet: nn.Module, attn2: Sequence[nn.Module]) -> None:
         """Hook ``attn2`` (in adapter key order) and the UNet's forward for row tracking."""
@@ -188,6 +206,7 @@ class Job:
         n = int(x.shape[0])
         layout = rows.layout[rows.cursor : rows.cursor + n]
         rows.current_images = rows.images[rows.cursor : rows.cursor + n] if rows.images else None
+        rows.current_refs = rows.refs[rows.cursor : rows.cursor + n] if rows.refs else None
         rows.cursor += n
         rows.latent_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
         if len(layout) == n:
@@ -209,4 +228,6 @@ class Job:
             return []
         active = (unit for unit in self.units if unit.active_at(self.progress))
         rows = self._rows
-        return layer_terms(active, layer, layout, int(q.shape[1]), rows.latent_hw, images=rows.current_images)
+        return layer_terms(
+            active, layer, layout, int(q.shape[1]), rows.latent_hw, images=rows.current_images, refs=rows.current_refs
+        )

@@ -78,12 +78,12 @@ def download_models(names: list[str] | None) -> str:
     return "  \n".join(lines) or "Choose one or more models first."
 
 
-def build_ui(script: Any, _is_img2img: bool) -> list:
+def build_ui(script: Any, is_img2img: bool) -> list:
     from modules.ui_components import InputAccordion, ToolButton
 
     from ..ui.accordion import build
 
-    built = build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton)
+    built = build(InputAccordion, script.elem_id, int(opt("ipadapter_units", 3)), ui_hooks(), ToolButton, is_img2img)
     script.infotext_fields = paste_fields(built)
     script.paste_field_names = [KEY.format(n) for n in range(1, len(built.units) + 1)]
     return built.inputs

@@ -23,6 +23,7 @@ from ..interop.xyz import apply_overrides, register_xyz_axes
 from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
+from .img2img_inputs import resolve as resolve_img2img
 from .inpaint_area import follow_inpaint_area
 from .models import _current_placement, engine, loaded_signature, model_hash
 from .settings import opt, register_settings
@@ -105,7 +106,7 @@ def parse_requests(p: Any, args: tuple) -> tuple[list[UnitRequest], IPAdapterErr
         default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
         units = [(n, with_default_weight(u, default_weight)) for n, u in units]
         units = apply_overrides(p, units)  # X/Y/Z plot axes
-        requests = [unit.to_request(number) for number, unit in units]
+        requests = [resolve_img2img(p, unit.to_request(number)) for number, unit in units]
     except IPAdapterError as exc:
         return [], exc
     for (number, unit), request in zip(units, requests, strict=True):

@@ -58,6 +58,7 @@ class ForgeState(StateBase):
         self.clock = StepClock()  # a new pass: no step reported yet
         self.start_maps()
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
+        run.per_image_refs = self.job.per_image_refs
         clone = patcher.clone()
         register_patches(clone, run)
         clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)

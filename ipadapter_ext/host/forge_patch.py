@@ -62,6 +62,12 @@ def row_images(cond_or_uncond: Sequence[int], rows: int) -> tuple[int | None, ..
     return tuple(i if int(c) == 0 else None for c in cond_or_uncond for i in range(per_chunk))
 
 
+def row_refs(cond_or_uncond: Sequence[int], rows: int) -> tuple[int, ...]:
+    """The batch image of every row, uncond rows included (for references per image)."""
+    per_chunk = rows // len(cond_or_uncond)
+    return tuple(i for _ in cond_or_uncond for i in range(per_chunk))
+
+
 @dataclass
 class StepClock:
     """The denoiser's latest (sigma, step fraction), reported by ``on_cfg_denoiser``."""
@@ -88,6 +94,7 @@ class ForgeRun:
     upcast: bool = False
     maps: bool = False  # attention maps wanted: rows are told which image they belong to
     _active: tuple[tuple | None, list[PreparedUnit]] = (None, [])
+    per_image_refs: bool = False  # a unit has a reference per generated image
     _warned: bool = False
     chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
 
@@ -122,8 +129,11 @@ class ForgeRun:
         sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
         shape = extra_options.get("original_shape")
         latent_hw = (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
-        images = row_images(extra_options["cond_or_uncond"], len(layout)) if self.maps else None
-        terms = layer_terms(self.active_units(sigma), layer, layout, int(q.shape[1]), latent_hw, images=images)
+        chunks = extra_options["cond_or_uncond"]
+        images = row_images(chunks, len(layout)) if self.maps else None
+        refs = row_refs(chunks, len(layout)) if self.per_image_refs else None
+        units = self.active_units(sigma)
+        terms = layer_terms(units, layer, layout, int(q.shape[1]), latent_hw, images=images, refs=refs)
         return [_on_device(t, q.device) for t in terms]
 
 

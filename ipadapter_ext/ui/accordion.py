@@ -44,18 +44,25 @@ class UiHooks:
 
 
 def build(
-    accordion_cls: type, elem_id: Callable[[str], str], units: int, hooks: UiHooks, tool_button_cls: type = gr.Button
-) -> list:
+    accordion_cls: type,
+    elem_id: Callable[[str], str],
+    units: int,
+    hooks: UiHooks,
+    tool_button_cls: type = gr.Button,
+    is_img2img: bool = True,
+) -> BuiltUI:
     """Create the components inside the current gradio context.
 
     ``accordion_cls`` and ``tool_button_cls`` are the WebUI's ``InputAccordion`` and
-    ``ToolButton`` (the small icon button next to dropdowns), passed in by the host."""
+    ``ToolButton`` (the small icon button next to dropdowns), passed in by the host. The img2img
+    sources (input image as reference, inpaint mask as region) exist in both tabs, so the script's
+    arguments have one layout, but are shown only in img2img."""
     built: list[dict[str, Any]] = []
     with accordion_cls(False, label="IP-Adapter", elem_id=elem_id("enabled")) as enabled:
         with gr.Tabs(elem_id=elem_id("units")):
             for i in range(units):
                 with gr.Tab(f"Unit {i + 1}", elem_id=elem_id(f"unit_{i + 1}")):
-                    built.append(_unit(i, elem_id, hooks, tool_button_cls, enabled))
+                    built.append(_unit(i, elem_id, hooks, tool_button_cls, enabled, is_img2img))
             if hooks.known_models is not None and hooks.download is not None:
                 _downloads(elem_id, hooks)
         show_maps = gr.Checkbox(
@@ -88,7 +95,7 @@ def unit_label(number: int, text: str) -> str:
 
 
 def _unit(
-    i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type, accordion: Any
+    i: int, elem_id: Callable[[str], str], hooks: UiHooks, tool_button_cls: type, accordion: Any, is_img2img: bool
 ) -> dict[str, Any]:
     def eid(name: str) -> str:
         return elem_id(f"unit_{i + 1}_{name}")
@@ -105,6 +112,12 @@ def _unit(
             file_types=["image"],
             elem_id=eid("more"),
         )
+    from_init = gr.Checkbox(
+        label=label("Use the img2img input as the reference"),
+        value=DEFAULTS.image_from_init,
+        visible=is_img2img,
+        elem_id=eid("image_from_init"),
+    )
     with gr.Row():
         model = gr.Dropdown(
             label=label("Model"), choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model")
@@ -131,7 +144,7 @@ def _unit(
     composition = gr.Slider(label=label("Composition weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                             value=DEFAULTS.composition_weight, visible=False, elem_id=eid("composition_weight"))  # fmt: skip
     type_info = gr.Markdown(DESCRIPTIONS[DEFAULTS.weight_type], elem_id=eid("weight_type_info"))
-    advanced = _advanced(eid, label)
+    advanced = _advanced(eid, label, is_img2img)
 
     def on_weight_type(kind: str):
         known = kind in {t.value for t in WeightType}
@@ -158,12 +171,15 @@ def _unit(
         upload.upload(lambda: (True, True), outputs=[enabled, accordion])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
-    values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced]
+    *advanced, from_inpaint, invert = advanced
+    values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced,
+              from_init, from_inpaint, invert]  # fmt: skip
     return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info, "weight_type_info": type_info}
 
 
-def _advanced(eid: Callable[[str], str], label: Callable[[str], str]) -> list:
-    """Weight mode, per-layer weights, combining several images, the negative side and the mask."""
+def _advanced(eid: Callable[[str], str], label: Callable[[str], str], is_img2img: bool) -> list:
+    """Weight mode, per-layer weights, combining several images, the negative side and the mask
+    (drawn, or img2img's inpaint mask; inverted or not)."""
     with gr.Accordion("Advanced", open=False, elem_id=eid("advanced")):
         with gr.Row():
             mode = gr.Dropdown(label=label("Weight mode"), choices=[m.value for m in WeightMode],
@@ -180,6 +196,10 @@ def _advanced(eid: Callable[[str], str], label: Callable[[str], str]) -> list:
             negative = gr.Image(label=label("Negative image (optional)"), type="pil", elem_id=eid("negative_image"))
             mask = mask_input(label("Mask (optional)"), eid("mask"))
         gr.Markdown(HINT, elem_id=eid("mask_hint"))
+        with gr.Row():
+            from_inpaint = gr.Checkbox(label=label("Use the inpaint mask as the mask"), value=DEFAULTS.mask_from_inpaint,
+                                       visible=is_img2img, elem_id=eid("mask_from_inpaint"))  # fmt: skip
+            invert = gr.Checkbox(label=label("Invert the mask"), value=DEFAULTS.mask_invert, elem_id=eid("mask_invert"))
         noise = gr.Slider(label=label("Noise (uncond: the negative image, or the references, blended with noise)"),
                           minimum=0, maximum=1, step=0.05, value=DEFAULTS.noise, elem_id=eid("noise"))  # fmt: skip
-    return [mode, layer_weights, combine, image_weights, negative, noise, mask]
+    return [mode, layer_weights, combine, image_weights, negative, noise, mask, from_inpaint, invert]

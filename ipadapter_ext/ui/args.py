@@ -61,7 +61,8 @@ def _untouched(values: dict[str, Any]) -> bool:
     has_image = any(image_given(values[name]) for name in ("image", "negative_image", "mask")) or bool(
         values["more_images"]
     )
-    return not (has_model or has_image)
+    from_img2img = bool(values.get("image_from_init")) or bool(values.get("mask_from_inpaint"))
+    return not (has_model or has_image or from_img2img)
 
 
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:

@@ -17,7 +17,10 @@ from ..schema import DEFAULTS, IPAdapterUnit
 
 KEY = "IP-Adapter {}"
 _ALWAYS = ("model", "encoder", "weight", "start", "end", "crop", "images")
-_OPTIONAL = ("weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise")
+_BOOLS = ("image_from_init", "mask_from_inpaint", "mask_invert")  # written as "yes" when on
+_OPTIONAL = (
+    "weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise", *_BOOLS,
+)  # fmt: skip
 _IMAGES = ("negative_image", "mask")  # written as "yes" when given
 _FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES)
 _FLOATS = ("weight", "start", "end", "composition_weight", "noise")
@@ -29,6 +32,8 @@ _HASH = re.compile(r"^(?P<name>.*?)(?: \[(?P<hash>[0-9a-fA-F]{6,})\])?$")
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | tuple):
@@ -45,7 +50,7 @@ def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int) -> s
         f"start: {unit.start:g}",
         f"end: {unit.end:g}",
         f"crop: {unit.crop.value}",
-        f"images: {images}",
+        f"images: {'init' if unit.image_from_init else images}",
     ]
     parts += [f"{n}: {_text(getattr(unit, n))}" for n in _OPTIONAL if getattr(unit, n) != getattr(DEFAULTS, n)]
     parts += [f"{n}: yes" for n in _IMAGES if getattr(unit, n) is not None]
@@ -78,6 +83,9 @@ def parse_unit_infotext(text: str) -> dict[str, Any]:
             out[name] = values[name]
     if "images" in values and values["images"].isdigit():
         out["images"] = int(values["images"])
+    for name in _BOOLS:
+        if name in values:
+            out[name] = values[name] == "yes"
     for name in _IMAGES:
         if values.get(name) == "yes":
             out[name] = True
@@ -97,11 +105,15 @@ def paste_value(fields: dict[str, Any], name: str) -> Any:
         return fields[name]
     if name in _OPTIONAL:
         default = getattr(DEFAULTS, name)
-        return "" if default is None else _text(default) if name not in _FLOATS else default
+        if name in _FLOATS or name in _BOOLS:
+            return default
+        return "" if default is None else _text(default)
     return None
 
 
 def paste_notice(fields: dict[str, Any]) -> str:
+    if fields.get("image_from_init"):
+        return "⚠ Settings restored from PNG info; the reference is the img2img input."
     n = fields.get("images", 1)
     extra = [
         label for name, label in (("negative_image", "the negative image"), ("mask", "the mask")) if fields.get(name)

@@ -22,6 +22,9 @@ UNIT_FIELDS = (
     "negative_image",
     "noise",
     "mask",
+    "image_from_init",
+    "mask_from_inpaint",
+    "mask_invert",
 )
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -22,12 +22,12 @@ from ..load.adapter import IPAdapterModel
 #: Row layouts remembered per layer; a generation uses a few, so this only bounds pathologies.
 MAX_LAYOUTS = 8
 
-_UNCOND, _COND, _ZERO = 0, 1, 2
-
 
 class UnitKV:
-    """K/V for every layer, stacked as row 0 = uncond, row 1 = cond (row 2 = zeros when swapped
-    layers exist)."""
+    """K/V for every layer, stacked as rows [0, n) = uncond, [n, 2n) = cond (then one zero row
+    when swapped layers exist), where n is the number of per-image references: 1 normally; the
+    batch size when each generated image has its own reference (img2img with several init
+    images as the references), so row ``n + i`` is image i's cond."""
 
     def __init__(
         self,
@@ -44,7 +44,10 @@ class UnitKV:
             if cond.shape[1] % uncond.shape[1]:
                 raise ValueError(f"uncond tokens ({uncond.shape[1]}) do not divide cond tokens ({cond.shape[1]})")
             uncond = uncond.repeat(1, cond.shape[1] // uncond.shape[1], 1)
-        tokens = torch.cat((uncond, cond), dim=0)  # [2, T, ctx]
+        if uncond.shape[0] != cond.shape[0]:
+            uncond = uncond.expand(cond.shape[0], -1, -1)
+        self.per_image = int(cond.shape[0])
+        tokens = torch.cat((uncond, cond), dim=0)  # [2n, T, ctx]
         self.kv = adapter.layer_kv(tokens, device, dtype)
         self.swapped = tuple(bool(s) for s in swapped) or (False,) * len(self.kv)
         if any(self.swapped):
@@ -66,18 +69,29 @@ class UnitKV:
         self.kv = list(kv)
         self._layouts = [{} for _ in self.kv]
 
-    def rows(self, layer: int, cond_rows: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V with one row per attention row: ``cond_rows[i]`` says whether row i is cond."""
+    def rows(
+        self, layer: int, cond_rows: Sequence[bool], refs: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V with one row per attention row: ``cond_rows[i]`` says whether row i is cond,
+        ``refs[i]`` which generated image of the batch it belongs to (only read when each image
+        has its own reference; unknown: image 0)."""
+        n = self.per_image
+        images = tuple(int(r) % n for r in refs) if n > 1 and refs is not None else (0,) * len(cond_rows)
         layout = tuple(bool(r) for r in cond_rows)
+        key = (layout, images) if n > 1 else layout
         cache = self._layouts[layer]
-        hit = cache.get(layout)
+        hit = cache.get(key)
         if hit is not None:
             return hit
         k, v = self.kv[layer]
-        cond_row, uncond_row = (_ZERO, _COND) if self.swapped[layer] else (_COND, _UNCOND)
-        index = torch.tensor([cond_row if r else uncond_row for r in layout], dtype=torch.long, device=k.device)
+        zero = 2 * n
+        if self.swapped[layer]:  # cond rows see zeros, uncond rows the reference
+            index_list = [zero if r else n + i for r, i in zip(layout, images, strict=True)]
+        else:
+            index_list = [n + i if r else i for r, i in zip(layout, images, strict=True)]
+        index = torch.tensor(index_list, dtype=torch.long, device=k.device)
         result = (k.index_select(0, index), v.index_select(0, index))
         if len(cache) >= MAX_LAYOUTS:
             cache.pop(next(iter(cache)))
-        cache[layout] = result
+        cache[key] = result
         return result

@@ -1,0 +1,77 @@
+"""img2img's own inputs as a unit's sources: the init image(s) as the reference, the inpaint
+mask as the region.
+
+Resolved when the job's arguments are parsed (``process``), before the WebUI's ``init`` crops and
+resizes anything, so the reference is the image the user gave and the mask is drawn over the
+whole of it; "Only masked" then crops the mask like any unit mask (:mod:`.inpaint_area`). A batch
+folder runs one generation per file, so each file is its own reference. With several init images
+in one request, the WebUI generates one image from each, and each is the reference of its own
+image only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..core.engine import UnitRequest
+from ..core.errors import IPAdapterError
+
+_INIT = "'use the img2img input as the reference' (image_from_init)"
+_INPAINT = "'use the inpaint mask' (mask_from_inpaint)"
+
+
+def inpaint_region(p: Any) -> Image.Image | None:
+    """Where this img2img job inpaints, white, over the whole init image; ``None`` without a mask.
+
+    The mask is binarised as the WebUI does (an RGBA mask's alpha when it has one, else its
+    luminance; at 128 when "mask_round" is on) and inverted for "Inpaint not masked"."""
+    mask = getattr(p, "image_mask", None)
+    if mask is None:
+        return None
+    if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
+        mask = mask.getchannel("A")
+    mask = mask.convert("L")
+    if getattr(p, "mask_round", True):
+        mask = mask.point(lambda v: 255 if v > 128 else 0)
+    if getattr(p, "inpainting_mask_invert", 0):
+        mask = ImageOps.invert(mask)
+    return mask
+
+
+def _mask_tensor(mask: Image.Image, invert: bool) -> torch.Tensor:
+    values = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
+    return 1.0 - values if invert else values
+
+
+def resolve(p: Any, request: UnitRequest) -> UnitRequest:
+    """``request`` with its img2img sources filled in from ``p``, or an error naming the fix."""
+    where = f"IP-Adapter unit {request.number}"
+    changes: dict[str, Any] = {}
+    if request.image_from_init:
+        init = [im for im in (getattr(p, "init_images", None) or []) if im is not None]
+        if not init:
+            raise IPAdapterError(
+                f"{where}: {_INIT} is on, but this generation has no input image (txt2img). Untick it, or "
+                "generate from img2img."
+            )
+        changes.update(images=[im.convert("RGB") for im in init], per_image=len(init) > 1)
+    if request.mask_from_inpaint:
+        region = inpaint_region(p) if getattr(p, "init_images", None) else None
+        if region is None:
+            raise IPAdapterError(
+                f"{where}: {_INPAINT} is on, but this generation has no inpaint mask. Draw one in img2img's "
+                "Inpaint tab (the API's 'mask'), or untick it."
+            )
+        mask = _mask_tensor(region, request.mask_invert)
+        if not bool(mask.any()):
+            raise IPAdapterError(
+                f"{where}: the inpaint mask{' inverted' if request.mask_invert else ''} covers nothing, so the "
+                "unit would do nothing. Untick 'invert', or paint the area to inpaint."
+            )
+        changes["mask"] = mask
+    return dataclasses.replace(request, **changes) if changes else request
