@@ -64,6 +64,9 @@ def test_the_init_images_become_the_references_one_per_generated_image():
     assert len(one.images) == 1 and not one.per_image
     assert len(two.images) == 2 and two.per_image
     assert list(two.images[1].getdata()) == list(image(2).getdata())
+    a = image(1)
+    repeated = resolve(img2img(job(None), [a, a, a]), UnitRequest(1, image_from_init=True))  # the batch tab's way
+    assert len(repeated.images) == 1 and not repeated.per_image
 
 
 @pytest.mark.parametrize(
@@ -202,3 +205,35 @@ def test_a_unit_ticked_to_use_the_init_image_is_not_untouched():
     assert [n for n, _ in units] == [1]  # ticked, no model: an error that names what is missing
     with pytest.raises(IPAdapterError, match="no model selected"):
         common.engine().tokens(units[0][1].to_request(1), None)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def test_a_batch_folder_interrupted_midway_leaves_no_hooks_and_the_next_image_is_unaffected(warm):
+    """The Batch tab runs one generation per file (``p.init_images`` replaced each time) with the
+    same script arguments; an interrupt inside the second file's sampling must leave nothing
+    behind for the third."""
+    webui = warm
+    unit = unit_args({**PLUS, "image": None, "image_from_init": True})
+    calls = {"n": 0}
+
+    def interrupt(*_a, **_k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("interrupted")
+
+    outputs = []
+    for number, init in enumerate((image(3), image(4), image(5))):
+        p = img2img(job(webui.model), [init])
+        handle = webui.unet.register_forward_pre_hook(interrupt) if number == 1 else None
+        try:
+            outputs.append(seeded(webui, unit, p))
+        except RuntimeError:
+            outputs.append(None)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert no_hooks_left(webui.unet)
+        assert "image_from_init: yes" in p.extra_generation_params["IP-Adapter 1"]
+    assert outputs[1] is None
+    alone = seeded(webui, unit, img2img(job(webui.model), [image(5)]))
+    assert torch.equal(outputs[2], alone)

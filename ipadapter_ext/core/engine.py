@@ -81,7 +81,12 @@ class LoadedModels:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        value = load()
+        # Building modules draws their random initial weights from torch's global generator, which
+        # the WebUI seeds per generation and keeps drawing from (ancestral samplers' noise, the
+        # VAE's latent sample in img2img). Loading must not move it, or the first generation after
+        # a load would differ from the same seed later.
+        with torch.random.fork_rng(devices=[]):
+            value = load()
         self._items[key] = value
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)

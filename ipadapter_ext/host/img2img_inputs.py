@@ -59,7 +59,10 @@ def resolve(p: Any, request: UnitRequest) -> UnitRequest:
                 f"{where}: {_INIT} is on, but this generation has no input image (txt2img). Untick it, or "
                 "generate from img2img."
             )
-        changes.update(images=[im.convert("RGB") for im in init], per_image=len(init) > 1)
+        # The batch tab and the UI repeat one image object for every image of the batch: that is one
+        # reference, not one per image.
+        distinct = len({id(im) for im in init}) > 1
+        changes.update(images=[im.convert("RGB") for im in (init if distinct else init[:1])], per_image=distinct)
     if request.mask_from_inpaint:
         region = inpaint_region(p) if getattr(p, "init_images", None) else None
         if region is None:

@@ -209,3 +209,77 @@ def test_the_map_toggle_shows_a_map_in_the_gallery(page, model, reference):
     page.find("#script_txt2img_ipadapter_attention_map input[type=checkbox]").click()
     page.generate("txt2img")
     page.wait(lambda: distinct_images() >= 2, "the generated image and its map in the gallery")
+
+
+def test_batch_folder_with_the_img2img_input_as_the_reference(page, webui, model, tmp_path_factory):
+    """The Batch tab over a folder of 3 images with "Use the img2img input as the reference":
+    every output's infotext says so, and each equals an API img2img of its own input with that
+    input as the reference (the same seed and settings, read back from the file's infotext).
+
+    img2img's latent is a sample of the VAE's posterior drawn from torch's global generator as
+    the previous generation left it, so the API requests are sent in the batch's order and the
+    first file, whose predecessor was another test's generation, is checked by its infotext only."""
+    import base64
+
+    from .test_webui_http import generate, same_pixels, with_units
+    from .webui import pixels
+
+    folder = tmp_path_factory.mktemp("batch")
+    inputs, outputs = folder / "in", folder / "out"
+    inputs.mkdir()
+    sources = {f"input{i}": png_b64(64, seed=20 + i) for i in range(3)}
+    for name, data in sources.items():
+        (inputs / f"{name}.png").write_bytes(base64.b64decode(data))
+    page.switch_tab("img2img")
+    click_tab(page, "#mode_img2img", "Batch")
+    click_tab(page, "#img2img_batch_source", "From directory")
+    page.set_text("#img2img_batch_input_dir", str(inputs))
+    page.set_text("#img2img_batch_output_dir", str(outputs))
+    small_job(page, "img2img")
+    page.open_accordion("img2img")
+    page.find(f"{page.uid('img2img', 1, 'image_from_init')} input[type=checkbox]").click()
+    page.choose(page.uid("img2img", 1, "model"), model)
+    page.generate("img2img")
+    page.wait(lambda: len(list(outputs.glob("*.png"))) == 3, "three images in the output folder")
+    for index, path in enumerate(sorted(outputs.glob("*.png"))):  # "00000-input2.png": in the batch's order
+        from PIL import Image
+
+        with Image.open(path) as im:
+            info = im.info.get("parameters", "")
+        assert 'IP-Adapter 1: "model: ' + model in info and "images: init" in info, info
+        source = next(data for name, data in sources.items() if name in path.stem)  # "00001-input1.png"
+        settings = infotext_settings(info)
+        payload = {"prompt": "", "negative_prompt": "", "init_images": [source], "width": 64, "height": 64,
+                   "batch_size": 1, "n_iter": 1, **settings}  # fmt: skip
+        unit = {"image": None, "image_from_init": True, "model": model, "weight": 1.0}
+        api = generate(webui.client, with_units(payload, unit), "img2img")[0]
+        saved = base64.b64encode(path.read_bytes()).decode()
+        assert pixels(saved).shape == (64, 64, 3)
+        if index:
+            assert same_pixels(api, saved), f"{path.name} differs from img2img of its input with it as the reference"
+
+
+def click_tab(page: browser.Page, tabs: str, text: str) -> None:
+    page.js(
+        "[...document.querySelectorAll(arguments[0] + ' > .tab-nav button, ' + arguments[0] + ' .tab-nav button')]"
+        ".find(b => b.textContent.trim() === arguments[1]).click();",
+        tabs,
+        text,
+    )
+
+
+def infotext_settings(info: str) -> dict:
+    """The sampling settings of an infotext, as API fields."""
+    import re
+
+    fields = dict(re.findall(r"(?:^|, )([A-Za-z][A-Za-z ]*?): ([^,\n]+)", info.split("\n")[-1]))
+    out = {
+        "steps": int(fields["Steps"]),
+        "sampler_name": fields["Sampler"],
+        "cfg_scale": float(fields["CFG scale"]),
+        "seed": int(fields["Seed"]),
+        "denoising_strength": float(fields["Denoising strength"]),
+    }
+    if "Schedule type" in fields:
+        out["scheduler"] = fields["Schedule type"]
+    return out
