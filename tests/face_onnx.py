@@ -43,8 +43,8 @@ def _const(name: str, value) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 
-def scrfd_model(batched: bool = False) -> onnx.ModelProto:
-    """The tiny detector (see the module docstring)."""
+def scrfd_model(batched: bool = False, landmarks: bool = True) -> onnx.ModelProto:
+    """The tiny detector (see the module docstring); without ``landmarks`` it has six outputs."""
     nodes, inits = (
         [],
         [
@@ -111,7 +111,7 @@ def scrfd_model(batched: bool = False) -> onnx.ModelProto:
             outs[kind].append(f"{kind}_{s}")
     lead = [1] if batched else []
     outputs = []
-    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)):
+    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10))[: 3 if landmarks else 2]:
         for name in outs[kind]:
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [*lead, "N", width]))
     inputs = [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])]

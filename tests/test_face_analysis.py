@@ -25,6 +25,7 @@ from ipadapter_ext.core.face import (
     DetectAttempt,
     FaceAnalyser,
     FaceInputError,
+    FaceModelError,
     FaceModelMissingError,
     FaceRuntimeMissingError,
     NoFaceError,
@@ -297,6 +298,13 @@ def test_missing_pack_names_the_folder_and_files(tmp_path):
     with pytest.raises(FaceModelMissingError, match=r"lacks the face recogniser \(w600k_r50.onnx\)") as info:
         find_pack([tmp_path / "models"])
     assert str(folder) in str(info.value) and "not readable ONNX models: w600k_r50.onnx" in str(info.value)
+
+
+def test_detector_without_landmarks_is_refused(tmp_path, sessions):
+    folder = write_pack(tmp_path, with_landmark=False)
+    onnx.save(scrfd_model(landmarks=False), str(folder / "det_10g.onnx"))
+    with pytest.raises(FaceModelError, match="no facial landmarks.*det_10g.onnx"):
+        FaceAnalyser(load_pack(folder), sessions=sessions)
 
 
 def test_session_cache_is_bounded_and_keyed_by_file_state(tmp_path):
