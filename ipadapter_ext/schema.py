@@ -23,6 +23,8 @@ from .unit_inputs import MAX_IMAGE_PIXELS, as_image, decode_image, decode_mask, 
 
 PYDANTIC_V2 = pydantic.VERSION.startswith("2")
 WEIGHT_RANGE = (-1.0, 3.0)
+#: FaceID's embedded LoRA: ComfyUI_IPAdapter_plus's FaceID loader default and range.
+LORA_STRENGTH_DEFAULT, LORA_STRENGTH_RANGE = 0.6, (0.0, 1.0)
 #: The number-list fields, parsed from lists or "1, 0.5" text (UI text boxes, infotext).
 NUMBER_LISTS = ("layer_weights", "image_weights")
 
@@ -70,6 +72,15 @@ class IPAdapterUnit(BaseModel):
     mask_from_inpaint: bool = False
     #: The unit acts outside its mask (drawn, or the inpaint mask) instead of inside.
     mask_invert: bool = False
+    #: FaceID, FaceID-Plus and Plus v2: strength of the LoRA the adapter file carries, applied to
+    #: the UNet's attention layers for this generation only (0: not applied).
+    lora_strength: float = Field(LORA_STRENGTH_DEFAULT, ge=LORA_STRENGTH_RANGE[0], le=LORA_STRENGTH_RANGE[1])
+    #: FaceID-Plus v2: the scale of the face tokens added back after the perceiver (ComfyUI's
+    #: ``weight_faceidv2``).
+    faceid_v2_weight: float = Field(1.0, ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1])
+    #: Return each reference's detected face (box and aligned crop) after the generated images. A
+    #: request-wide switch, like ``attention_map``.
+    show_faces: bool = False
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
@@ -134,6 +145,9 @@ class IPAdapterUnit(BaseModel):
             image_from_init=self.image_from_init,
             mask_from_inpaint=self.mask_from_inpaint,
             mask_invert=self.mask_invert,
+            lora_strength=self.lora_strength,
+            faceid_v2_weight=self.faceid_v2_weight,
+            show_faces=self.show_faces,
         )
 
     def _check_sources(self, where: str, has_mask: bool) -> None:

@@ -29,6 +29,8 @@
         "Use the img2img input as the reference": "The image you are transforming is the reference (each file of a batch folder is its own). The reference image above is then ignored.",
         "Use the inpaint mask as the mask": "The unit acts only where the WebUI inpaints, with no second mask to draw.",
         "Invert the mask": "The unit acts outside its mask (drawn or inpaint) instead of inside.",
+        "FaceID LoRA strength": "FaceID, FaceID-Plus and Plus v2 files carry a LoRA trained with them; it is applied for this generation at this strength. No separate LoRA file or prompt tag is needed.",
+        "FaceID v2 weight": "FaceID-Plus v2 only: how much of the face embedding's own tokens is added back after the CLIP refinement.",
     };
     // Controls whose label gradio does not render as plain text (images, files): hint by elem_id.
     var BY_ID = {
@@ -45,6 +47,7 @@
     if (typeof titles !== "undefined") { // A1111's hints.js: a hint for any element whose text is the key
         titles["IP-Adapter"] = "Image prompts: tick to apply the enabled units below.";
         titles["Show where each unit acts"] = "After the images, a heat-map per unit of where its image prompt acted (one scale for all units).";
+        titles["Show the detected faces"] = "After the images, each FaceID reference with the face that was found: its box, and the aligned crop the adapter saw.";
         for (var n = 1; n <= MAX_UNITS; n++) {
             for (var text in HINTS) {
                 titles[unitLabel(n, text)] = HINTS[text];

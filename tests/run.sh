@@ -41,6 +41,18 @@ run_pytest() {  # exit code 5 means no test was collected: a broken selection, n
   return "$rc"
 }
 
+need_cxx() {  # insightface, the face-analysis test oracle, compiles a small C++ extension on install
+  command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 && return
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing g++ (Debian) to build insightface, the face-analysis test oracle"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+  else
+    echo "error: a C++ compiler is needed to build insightface (a test oracle): apt-get install g++" >&2
+    exit 1
+  fi
+}
+
+need_cxx
 setup_venv "$MAIN_VENV" requirements/test.txt
 echo "== ruff"
 "$MAIN_VENV/bin/python" -m ruff check .

@@ -31,8 +31,9 @@ def test_ui_builds_under_gradio_3_with_schema_defaults(webui):
         inputs = webui.script.ui(False)
     assert gr.__version__.startswith("3.41")
     width = len(UNIT_FIELDS)
-    assert len(inputs) == 1 + 2 * width + 1  # the accordion, the units, "Show where each unit acts"
-    assert inputs[-1].value is False and inputs[-1].elem_id == "script_txt2img_ipadapter_attention_map"
+    assert len(inputs) == 1 + 2 * width + 2  # the accordion, the units, the map and face toggles
+    assert inputs[-2].value is False and inputs[-2].elem_id == "script_txt2img_ipadapter_attention_map"
+    assert inputs[-1].value is False and inputs[-1].elem_id == "script_txt2img_ipadapter_show_faces"
     enabled, u1 = inputs[0], dict(zip(UNIT_FIELDS, inputs[1 : 1 + width], strict=True))
     assert enabled.value is False
     assert u1["enabled"].value is True and inputs[1 + width].value is False  # unit 1 on, unit 2 off

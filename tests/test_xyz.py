@@ -26,7 +26,7 @@ from tests.a1111_env import PLUS, job, run_job, unit_args
 XYZ_DOUBLE = Path(__file__).parent / "doubles" / "xyz_grid.py"
 LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
           "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
-          "[IP-Adapter] Noise"]  # fmt: skip
+          "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight"]  # fmt: skip
 
 
 def load_xyz_double():
@@ -84,11 +84,11 @@ def test_axes_are_registered_once(plot):
     before = len(plot.axis_options)
     for _ in range(3):
         assert axes.register_xyz_axes(lambda: ["a"]) is True
-    assert len(plot.axis_options) == before + len(axes.AXES) == before + 8
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + 10
     assert [o.label for o in ours(plot)] == LABELS
     # a later registration (a reloaded extension) replaces its own entries in place
     assert axes.register_xyz_axes(lambda: ["b"]) is True
-    assert len(plot.axis_options) == before + len(axes.AXES) == before + 8
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + 10
     assert {o.label: o for o in plot.axis_options}["[IP-Adapter] Model"].choices() == ["b"]
 
 
@@ -103,7 +103,18 @@ def test_an_option_with_the_same_label_from_someone_else_is_left_alone(plot):
 def test_labels_types_choices_and_format(plot):
     axes.register_xyz_axes(lambda: ["tiny-base", "tiny-plus"])
     by_label = {o.label: o for o in ours(plot)}
-    assert [by_label[label].type for label in LABELS] == [float, str, float, float, str, str, float, float]
+    assert [by_label[label].type for label in LABELS] == [
+        float,
+        str,
+        float,
+        float,
+        str,
+        str,
+        float,
+        float,
+        float,
+        float,
+    ]
     assert by_label["[IP-Adapter] Model"].choices() == ["tiny-base", "tiny-plus"]
     assert by_label["[IP-Adapter] Weight type"].choices()[:2] == ["linear", "ease in"]
     assert "style transfer" in by_label["[IP-Adapter] Weight type"].choices()

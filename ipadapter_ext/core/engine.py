@@ -66,6 +66,9 @@ class UnitRequest:
     #: Each image is the reference of one generated image of the batch (row i ↔ images[i]),
     #: instead of all images together being the reference of every generated image.
     per_image: bool = False
+    lora_strength: float = 0.6  # FaceID: the embedded LoRA's strength
+    faceid_v2_weight: float = 1.0  # FaceID-Plus v2: the shortcut scale
+    show_faces: bool = False  # return the detected faces (a request-wide switch; the host renders)
 
 
 class LoadedModels:

@@ -48,6 +48,8 @@ AXES = (
     Axis("[IP-Adapter] Weight mode", "weight_mode", str, tuple(m.value for m in WeightMode)),
     Axis("[IP-Adapter] Composition weight", "composition_weight", float),
     Axis("[IP-Adapter] Noise", "noise", float),
+    Axis("[IP-Adapter] FaceID LoRA strength", "lora_strength", float),
+    Axis("[IP-Adapter] FaceID v2 weight", "faceid_v2_weight", float),
 )
 _FIELDS = {a.field for a in AXES}
 

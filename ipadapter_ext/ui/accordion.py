@@ -16,7 +16,7 @@ from ..core.attend.attention import WeightMode
 from ..core.attend.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
 from ..core.encode.combine import CombineMode
 from ..core.encode.preprocess import CropMode
-from ..schema import DEFAULTS, WEIGHT_RANGE
+from ..schema import DEFAULTS, LORA_STRENGTH_RANGE, WEIGHT_RANGE
 from .layout import NONE, UNIT_FIELDS
 from .mask_input import HINT, mask_input
 
@@ -27,6 +27,7 @@ class BuiltUI:
     enabled: Any  # the accordion's checkbox
     units: list[dict[str, Any]]  # per unit: field name → component, plus "info"
     show_maps: Any = None  # "Show where each unit acts": an attention map per unit after the images
+    show_faces: Any = None  # "Show the detected faces": FaceID units' faces after the images
 
 
 @dataclass
@@ -68,8 +69,9 @@ def build(
         show_maps = gr.Checkbox(
             label="Show where each unit acts", value=hooks.attention_map_default, elem_id=elem_id("attention_map")
         )
-    inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS] + [show_maps]
-    return BuiltUI(inputs, enabled, built, show_maps)
+        show_faces = gr.Checkbox(label="Show the detected faces", value=False, elem_id=elem_id("show_faces"))
+    inputs = [enabled] + [unit[name] for unit in built for name in UNIT_FIELDS] + [show_maps, show_faces]
+    return BuiltUI(inputs, enabled, built, show_maps, show_faces)
 
 
 def _downloads(elem_id: Callable[[str], str], hooks: UiHooks) -> None:
@@ -171,9 +173,9 @@ def _unit(
         upload.upload(lambda: (True, True), outputs=[enabled, accordion])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
-    *advanced, from_inpaint, invert = advanced
+    *advanced, from_inpaint, invert, lora, v2 = advanced
     values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced,
-              from_init, from_inpaint, invert]  # fmt: skip
+              from_init, from_inpaint, invert, lora, v2]  # fmt: skip
     return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info, "weight_type_info": type_info}
 
 
@@ -202,4 +204,10 @@ def _advanced(eid: Callable[[str], str], label: Callable[[str], str], is_img2img
             invert = gr.Checkbox(label=label("Invert the mask"), value=DEFAULTS.mask_invert, elem_id=eid("mask_invert"))
         noise = gr.Slider(label=label("Noise (uncond: the negative image, or the references, blended with noise)"),
                           minimum=0, maximum=1, step=0.05, value=DEFAULTS.noise, elem_id=eid("noise"))  # fmt: skip
-    return [mode, layer_weights, combine, image_weights, negative, noise, mask, from_inpaint, invert]
+        with gr.Row():
+            lora = gr.Slider(label=label("FaceID LoRA strength"), minimum=LORA_STRENGTH_RANGE[0],
+                             maximum=LORA_STRENGTH_RANGE[1], step=0.05, value=DEFAULTS.lora_strength,
+                             elem_id=eid("lora_strength"))  # fmt: skip
+            v2 = gr.Slider(label=label("FaceID v2 weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1],
+                           step=0.05, value=DEFAULTS.faceid_v2_weight, elem_id=eid("faceid_v2_weight"))  # fmt: skip
+    return [mode, layer_weights, combine, image_weights, negative, noise, mask, from_inpaint, invert, lora, v2]

@@ -67,8 +67,8 @@ def _untouched(values: dict[str, Any]) -> bool:
 
 def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     """(unit number, unit) for the enabled units. ``args`` is ``[accordion_enabled, *unit_fields * N,
-    show_maps]`` from the UI (``show_maps`` may be absent: older layouts), or JSON unit objects
-    from the API."""
+    show_maps, show_faces]`` from the UI (the trailing toggles may be absent: older layouts), or
+    JSON unit objects from the API."""
     from_api = api_units(args)
     if from_api is not None:
         return from_api
@@ -77,7 +77,9 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     rest = list(args[1:])
     units: list[tuple[int, IPAdapterUnit]] = []
     width = len(UNIT_FIELDS)
-    show_maps = len(rest) % width == 1 and bool(rest[-1])  # the accordion's map toggle, after the units
+    toggles = rest[len(rest) - len(rest) % width :]  # the accordion's toggles, after the units
+    show_maps = bool(toggles[0]) if toggles else False
+    show_faces = bool(toggles[1]) if len(toggles) > 1 else False
     for start in range(0, len(rest) - width + 1, width):
         values = dict(zip(UNIT_FIELDS, rest[start : start + width], strict=True))
         number = start // width + 1
@@ -87,5 +89,5 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
         values["image"] = [im for im in images if im is not None]
         if values["model"] == NONE:
             values["model"] = ""
-        units.append((number, validate_unit({**values, "attention_map": show_maps}, number)))
+        units.append((number, validate_unit({**values, "attention_map": show_maps, "show_faces": show_faces}, number)))
     return units

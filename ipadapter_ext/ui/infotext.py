@@ -19,11 +19,12 @@ KEY = "IP-Adapter {}"
 _ALWAYS = ("model", "encoder", "weight", "start", "end", "crop", "images")
 _BOOLS = ("image_from_init", "mask_from_inpaint", "mask_invert")  # written as "yes" when on
 _OPTIONAL = (
-    "weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise", *_BOOLS,
+    "weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise",
+    "lora_strength", "faceid_v2_weight", *_BOOLS,
 )  # fmt: skip
 _IMAGES = ("negative_image", "mask")  # written as "yes" when given
 _FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES)
-_FLOATS = ("weight", "start", "end", "composition_weight", "noise")
+_FLOATS = ("weight", "start", "end", "composition_weight", "noise", "lora_strength", "faceid_v2_weight")
 _CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine")
 #: The fields a paste restores into the UI (in addition to the unit's enabled box).
 PASTE_FIELDS = ("model", "encoder", "weight", "start", "end", "crop", *_OPTIONAL)

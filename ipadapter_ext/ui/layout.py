@@ -25,6 +25,8 @@ UNIT_FIELDS = (
     "image_from_init",
     "mask_from_inpaint",
     "mask_invert",
+    "lora_strength",
+    "faceid_v2_weight",
 )
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -18,7 +18,7 @@ from .webui import SCRIPT_TITLE, Client, WebUIProcess, pixels
 
 AXES = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
         "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
-        "[IP-Adapter] Noise"]  # fmt: skip
+        "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

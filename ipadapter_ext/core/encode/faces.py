@@ -1,0 +1,81 @@
+"""Reference photos → the face each one shows, for the FaceID adapters.
+
+Detection and recognition run once per distinct photo (content-keyed, bounded LRU), so a face is
+not re-detected for the hires pass, the next generation with the same reference, or the encode
+route. The face analysis itself (:mod:`..face`) loads the ONNX pack lazily; nothing here runs
+unless a FaceID adapter is used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import IPAdapterError
+from ..face import DEFAULT_PACK, Face, FaceAnalyser, NoFaceError, SessionCache, align, find_pack
+from .cache import image_digest
+
+#: The aligned crop FaceID-Plus feeds to CLIP (the original repository's ``norm_crop`` size).
+CLIP_CROP = 224
+
+
+@dataclass(frozen=True)
+class FoundFace:
+    """The largest face of one reference and the aligned crop of it."""
+
+    face: Face
+    crop: Image.Image  # CLIP_CROP px, aligned on the five keypoints
+
+    def embedding(self, normalised: bool) -> torch.Tensor:
+        value = self.face.normed_embedding if normalised else self.face.embedding
+        return torch.from_numpy(np.asarray(value, dtype=np.float32))
+
+
+class FaceReferences:
+    """Finds faces with the pack found under ``roots()`` (read each time, so a pack added while
+    the WebUI runs is picked up); owns the ONNX sessions and the per-photo results."""
+
+    def __init__(
+        self,
+        roots: Callable[[], Sequence[Path]],
+        pack_name: Callable[[], str] = lambda: DEFAULT_PACK,
+        max_items: int = 32,
+    ) -> None:
+        self.roots = roots
+        self.pack_name = pack_name
+        self.max_items = max_items
+        self.sessions = SessionCache()
+        self._found: OrderedDict[tuple, FoundFace] = OrderedDict()
+
+    def analyser(self) -> FaceAnalyser:
+        return FaceAnalyser(find_pack(list(self.roots()), self.pack_name() or DEFAULT_PACK), sessions=self.sessions)
+
+    def find(self, image, where: str) -> FoundFace:
+        """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors."""
+        analyser = self.analyser()
+        models = (analyser.pack.detector.path, analyser.pack.recognizer.path)
+        key = (image_digest(image), *((str(m), m.stat().st_mtime_ns) for m in models))
+        hit = self._found.get(key)
+        if hit is not None:
+            self._found.move_to_end(key)
+            return hit
+        try:
+            face = analyser.largest(image)
+        except NoFaceError as exc:
+            raise NoFaceError(f"{where}: {exc}") from exc
+        found = FoundFace(face, align(image, face.kps, CLIP_CROP))
+        self._found[key] = found
+        while len(self._found) > self.max_items:
+            self._found.popitem(last=False)
+        return found
+
+    def find_all(self, images: Sequence, where: str) -> list[FoundFace]:
+        if not images:
+            raise IPAdapterError(f"{where}: no reference photo. Drop a photo of a face into the unit.")
+        return [self.find(image, f"{where}, image {i}") for i, image in enumerate(images, start=1)]
