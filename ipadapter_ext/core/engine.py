@@ -23,17 +23,23 @@ from .attend.weights import WeightType, transformer_weights
 from .encode.cache import EmbeddingCache
 from .encode.combine import CombineMode, combine_encoded
 from .encode.encoder import ClipVisionEncoder
+from .encode.faces import FaceReferences, FoundFace
 from .encode.references import encode_references
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .load.adapter import IPAdapterModel
 from .load.compat import UNetSignature, check_encoder, check_unet
+from .load.detect import EncoderOutput
 from .load.registry import ModelRegistry
 from .project.projections import EncodedImages
 
 log = logging.getLogger("ipadapter")
 
 AUTO = "auto"
+#: Adapters whose projection reads the face embedding (and FaceID-Plus the face crop's CLIP states).
+FACE_OUTPUTS = (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE)
+#: Variants trained on ArcFace's raw embedding rather than the L2-normalised one.
+RAW_FACE_VARIANTS = frozenset({"portrait-unnorm", "instantid"})
 
 
 @dataclass
@@ -111,10 +117,18 @@ class Placement:
 
 
 class Engine:
-    def __init__(self, registry: ModelRegistry, embedding_cache_size: int = 32, loaded_models: int = 3) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        embedding_cache_size: int = 32,
+        loaded_models: int = 3,
+        faces: FaceReferences | None = None,
+    ) -> None:
         self.registry = registry
         self.embeddings = EmbeddingCache(embedding_cache_size)
         self.loaded = LoadedModels(loaded_models)
+        #: Face analysis for the FaceID adapters (``None``: a host that offers none).
+        self.faces = faces
 
     def _adapter(self, name: str) -> IPAdapterModel:
         entry = self.registry.adapter(name)
@@ -123,10 +137,6 @@ class Engine:
         return self.loaded.get("adapter", entry.path, lambda: IPAdapterModel.from_file(entry.path))  # type: ignore[return-value]
 
     def _encoder(self, req: UnitRequest, adapter: IPAdapterModel, place: Placement) -> tuple[str, ClipVisionEncoder]:
-        if not adapter.info.encoder.needs_clip or adapter.info.encoder.output.value.startswith("face"):
-            raise IPAdapterError(
-                f"'{req.model}' ({adapter.info.describe()}) needs a face embedding; FaceID models are not supported yet."
-            )
         entry = self.registry.auto_encoder(req.model) if req.encoder == AUTO else self.registry.encoder(req.encoder)
         if entry.spec is None:
             raise IPAdapterError(f"encoder '{entry.name}' cannot be used: {entry.error}")
@@ -159,6 +169,8 @@ class Engine:
         adapter = self._adapter(req.model)
         if req.embeds is not None:
             return (adapter, "embeds", *self._embeds_tokens(req, adapter))
+        if adapter.info.encoder.output in FACE_OUTPUTS:
+            return (adapter, *self._face_tokens(req, adapter, place))
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         try:
@@ -187,9 +199,52 @@ class Engine:
         cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         return cond, uncond
 
+    def found_faces(self, req: UnitRequest) -> list[FoundFace]:
+        """The face of each reference of a FaceID unit (detected once per photo, then cached)."""
+        if self.faces is None:
+            raise IPAdapterError("this host offers no face analysis, which FaceID models need.")
+        return self.faces.find_all(req.images, f"IP-Adapter unit {req.number}")
+
+    def _face_tokens(
+        self, req: UnitRequest, adapter: IPAdapterModel, place: Placement
+    ) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """FaceID: the face embedding of each reference (FaceID-Plus: and CLIP's view of the
+        aligned face crop); the uncond side is the original's zero embedding."""
+        if req.negative_images or req.noise > 0:
+            raise IPAdapterError(
+                f"'{req.model}' is a FaceID model: its negative side is a zero face embedding, so negative_image "
+                "and noise do not apply. Remove them."
+            )
+        found = self.found_faces(req)
+        raw = adapter.info.variant in RAW_FACE_VARIANTS
+        groups = [[f] for f in found] if req.per_image else [found]
+        encoder_name, encoder = "face analysis", None
+        if adapter.info.encoder.output is EncoderOutput.FACE_AND_PENULTIMATE:
+            encoder_name, encoder = self._encoder(req, adapter, place)
+            encoder_name = f"face analysis + {encoder_name}"
+            encoder.to(place.device)
+        pairs = []
+        try:
+            for group in groups:
+                face = torch.stack([f.embedding(normalised=not raw) for f in group])
+                hidden = None
+                if encoder is not None:
+                    hidden = encode_references(encoder, [f.crop for f in group], "center", self.embeddings).hidden
+                enc = EncodedImages(face=face, hidden=hidden)
+                enc = combine_encoded(enc, req.combine, None if req.per_image else req.image_weights)
+                uncond = adapter.uncond_inputs(enc, encoder)
+                adapter.to(place.device)
+                scale = req.faceid_v2_weight
+                pairs.append(tuple(self._project(adapter, e, place, scale) for e in (enc, uncond)))
+        finally:
+            if encoder is not None and place.offload_encoder:
+                encoder.to("cpu")
+        cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
+        return encoder_name, cond, uncond
+
     @staticmethod
-    def _project(adapter: IPAdapterModel, enc: EncodedImages, place: Placement) -> torch.Tensor:
-        tokens = adapter.project(enc.map(lambda t: t.to(place.device)))
+    def _project(adapter: IPAdapterModel, enc: EncodedImages, place: Placement, shortcut: float = 1.0) -> torch.Tensor:
+        tokens = adapter.project(enc.map(lambda t: t.to(place.device)), shortcut)
         return tokens.reshape(1, -1, tokens.shape[-1])
 
     @staticmethod

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 from ..core.attend.layers import Attn2Slot, map_ldm_attn2
+from ..core.encode.faces import FaceReferences
 from ..core.engine import Engine, Placement
 from ..core.load.compat import UNetSignature
 from ..core.load.registry import ModelRegistry
-from ..interop.controlnet import extra_model_dirs
+from ..interop.controlnet import extra_model_dirs, face_roots
 from .settings import opt
 
 
@@ -33,7 +34,8 @@ class _EngineHolder:
             registry = ModelRegistry(
                 [adapters, *extra], [root / "clip_vision", *extra, *cn_encoders], [root / "ControlNet", *cn_models]
             )
-            cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)))
+            faces = FaceReferences(lambda: face_pack_roots(root), lambda: str(opt("ipadapter_face_pack", "buffalo_l")))
+            cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)), faces=faces)
         return cls.engine
 
     @classmethod
@@ -43,6 +45,12 @@ class _EngineHolder:
 
 def engine() -> Engine:
     return _EngineHolder.get()
+
+
+def face_pack_roots(models: Path) -> list[Path]:
+    """Where face analysis packs are looked for: ``models/insightface/models/<pack>`` (the convention
+    of other extensions), Forge's preprocessor folder, then ControlNet's downloads."""
+    return [models, models / "ControlNetPreprocessor", *face_roots()]
 
 
 # -- UNet -------------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def register_settings() -> None:
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
     add("ipadapter_attention_map", False, "Show where each unit acts (attention maps) by default in the UI")
+    add(
+        "ipadapter_face_pack",
+        "buffalo_l",
+        "Face analysis model pack for FaceID (a folder in models/insightface/models)",
+    )
     _extend_frozen_options_schema(keys)
 
 

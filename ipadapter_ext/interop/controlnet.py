@@ -38,6 +38,13 @@ def controlnet_dirs() -> list[Path]:
     return found
 
 
+def face_roots() -> list[Path]:
+    """Where ControlNet downloads insightface's packs (``annotator/downloads/insightface/models/<pack>``)."""
+    return [
+        root / "annotator" / "downloads" for root in controlnet_dirs() if (root / "annotator" / "downloads").is_dir()
+    ]
+
+
 def extra_model_dirs() -> tuple[list[Path], list[Path]]:
     """(adapter folders, encoder folders) that ControlNet keeps inside its extension folder."""
     roots = controlnet_dirs()

@@ -266,8 +266,8 @@ class ModelRegistry:
         req = entry.info.encoder
         if not req.needs_clip:
             raise IPAdapterError(
-                f"'{entry.name}' ({entry.info.name}) needs a face embedding (insightface) instead of a CLIP "
-                "image encoder; FaceID face embeddings are not supported yet."
+                f"'{entry.name}' ({entry.info.name}) takes a face embedding from the face analysis, not a CLIP "
+                "image encoder."
             )
         specs = [(e.name, e.spec) for e in self.encoders() if e.spec is not None]
         fits = compatible_encoders(entry.info, specs)
