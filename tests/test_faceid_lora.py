@@ -373,3 +373,28 @@ def test_ldm_pairs_hook_every_attention_projection_exactly_once():
     assert torch.equal(unet(x, torch.tensor([400.0]), context=ctx), plain)
     merged_unet = merged(unet, lambda u: ldm_attention_pairs(u.named_modules()), [(lora, 1.0)])
     assert_close_rel(changed, merged_unet(x, torch.tensor([400.0]), context=ctx))
+
+
+class _PackedLinear(nn.Module):
+    """Stands in for Forge's quantised Linear: no ``in_features``, a packed weight of another shape."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.inner = linear
+        self.weight = nn.Parameter(torch.zeros(linear.weight.numel() // 2, 1), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@torch.no_grad()
+def test_linear_like_modules_without_features_are_hooked_unchecked():
+    unet = tiny_diffusers_unet()
+    tensors = faceid_tensors(unet)
+    lora = FaceIDLoRA.from_ip_adapter(tensors.ip_adapter)
+    x, t, ctx = inputs()
+    expected = run(merged(unet, diffusers_pairs, [(lora, 0.8)]), x, t, ctx)
+    for _, attn2 in diffusers_pairs(unet):
+        attn2.to_k = _PackedLinear(attn2.to_k)
+    with lora.attach(diffusers_pairs(unet), 0.8):
+        assert_close_rel(run(unet, x, t, ctx), expected)

@@ -129,12 +129,10 @@ def _targets(attn: nn.Module) -> dict[str, nn.Module]:
 
 
 def _features(module: nn.Module) -> tuple[int, int] | None:
-    """(in, out) of a Linear-like module, or ``None`` if it does not say (then the first call would tell)."""
+    """(in, out) of a Linear-like module, or ``None`` if it does not say. Only the attributes are
+    trusted: Forge's quantised Linears (bnb, GGUF) store packed weights whose shape is not (out, in)."""
     if hasattr(module, "in_features") and hasattr(module, "out_features"):
         return int(module.in_features), int(module.out_features)
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
-        return int(weight.shape[1]), int(weight.shape[0])
     return None
 
 
