@@ -29,9 +29,11 @@ def ip_layers(ctx: int, widths: tuple[int, ...], lora_rank: int = 0) -> Shapes:
         shapes[f"ip_adapter.{2 * n + 1}.to_v_ip.weight"] = (w, ctx)
     if lora_rank:
         for n, w in enumerate(widths):
-            for key in (2 * n, 2 * n + 1):  # attn1 and attn2 both carry LoRA
+            for key in (2 * n, 2 * n + 1):  # attn1 (self) and attn2 (cross) both carry LoRA
                 for proj in ("q", "k", "v", "out"):
-                    shapes[f"ip_adapter.{key}.to_{proj}_lora.down.weight"] = (lora_rank, w)
+                    # attn2's to_k/to_v read the text context; everything else the layer's own width.
+                    width_in = ctx if key % 2 and proj in ("k", "v") else w
+                    shapes[f"ip_adapter.{key}.to_{proj}_lora.down.weight"] = (lora_rank, width_in)
                     shapes[f"ip_adapter.{key}.to_{proj}_lora.up.weight"] = (w, lora_rank)
     return shapes
 

@@ -29,6 +29,13 @@ from .attention import ImageKV, add_image_attention
 TermProvider = Callable[[int, torch.Tensor, "torch.Tensor | None"], Sequence[ImageKV]]
 
 
+def output_linear(attn: nn.Module) -> nn.Module:
+    """The output projection: ``to_out[0]`` of ldm/sgm/Forge (``Sequential``) and diffusers
+    (``ModuleList``) attention, whose ``to_out`` is Linear + Dropout."""
+    to_out = attn.to_out
+    return to_out[0] if isinstance(to_out, nn.Sequential | nn.ModuleList) else to_out
+
+
 @dataclass
 class _Call:
     x: torch.Tensor | None = None
@@ -87,7 +94,7 @@ class Attn2Hooks:
 
     def _install(self, slot: _Slot) -> None:
         module = slot.module
-        out_linear = module.to_out[0] if isinstance(module.to_out, nn.Sequential) else module.to_out
+        out_linear = output_linear(module)
 
         def before_attn(_m: nn.Module, args: tuple, kwargs: dict) -> None:
             context = kwargs.get("context", args[1] if len(args) > 1 else None)

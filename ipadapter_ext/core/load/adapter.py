@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..attend.lora import FaceIDLoRA
 from ..encode.encoder import ClipVisionEncoder
+from ..errors import ModelFileError
 from ..project.projections import EncodedImages, Projection, build_projection
 from .detect import AdapterInfo, detect_adapter
 from .formats import AdapterTensors, load_adapter_tensors
@@ -29,12 +31,15 @@ class IPAdapterModel:
         to_k: list[torch.Tensor],
         to_v: list[torch.Tensor],
         name: str = "adapter",
+        lora: FaceIDLoRA | None = None,
     ) -> None:
         self.info = info
         self.projection = projection
         self.to_k = to_k
         self.to_v = to_v
         self.name = name
+        #: FaceID's own LoRA on every attention layer (``None`` for other adapters and Portrait).
+        self.lora = lora
 
     @classmethod
     def from_tensors(
@@ -44,7 +49,13 @@ class IPAdapterModel:
         projection = build_projection(info, tensors.image_proj, filename)
         to_k = [tensors.ip_adapter[f"{2 * n + 1}.to_k_ip.weight"] for n in range(info.num_layers)]
         to_v = [tensors.ip_adapter[f"{2 * n + 1}.to_v_ip.weight"] for n in range(info.num_layers)]
-        return cls(info, projection, to_k, to_v, Path(filename).stem)
+        lora = FaceIDLoRA.from_ip_adapter(tensors.ip_adapter, filename) if info.has_lora else None
+        if lora is not None and lora.num_blocks != info.num_layers:
+            raise ModelFileError(
+                f"{filename}: the FaceID LoRA covers {lora.num_blocks} transformer blocks but the adapter has "
+                f"{info.num_layers} layers. The file is damaged: download it again."
+            )
+        return cls(info, projection, to_k, to_v, Path(filename).stem, lora)
 
     @classmethod
     def from_file(cls, path: str | Path, override: str | None = None) -> IPAdapterModel:
