@@ -286,6 +286,8 @@ class Engine:
             layer_weights=weights.per_layer(unet.transformer_index),
             mask=mask,
             weight_type=WeightType(req.weight_type).value,
+            lora=adapter.lora,
+            lora_strength=req.lora_strength,
         )
 
     @staticmethod

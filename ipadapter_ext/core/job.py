@@ -22,6 +22,7 @@ from .attend.attention import SCALERS, ImageKV, WeightMode
 from .attend.attention_map import UnitMap
 from .attend.hooks import Attn2Hooks
 from .attend.kv import UnitKV
+from .attend.lora import FaceIDLoRA, LoRAHooks, ldm_attention_pairs
 from .attend.masks import RegionMask
 from .load.adapter import IPAdapterModel
 
@@ -46,6 +47,11 @@ class PreparedUnit:
     weight_type: str = "linear"
     #: Accumulates where the unit acts (cond rows), when the generation asked for attention maps.
     attention_map: UnitMap | None = None
+    #: FaceID's own LoRA on every attention layer, applied while the job is attached.
+    lora: FaceIDLoRA | None = None
+    lora_strength: float = 0.0
+    #: FaceID: what the face analysis found in each reference (for the "detected faces" output).
+    faces: tuple = ()
 
     def __post_init__(self) -> None:
         if not self.layer_weights:
@@ -55,6 +61,12 @@ class PreparedUnit:
     @property
     def applies(self) -> bool:
         return any(w != 0 for w in self.layer_weights)
+
+    @property
+    def applies_lora(self) -> bool:
+        """The LoRA goes with the unit: never for a unit that adds nothing (weight 0 is exactly no
+        unit), for the whole generation otherwise, as the adapter was trained with it."""
+        return self.lora is not None and self.lora_strength != 0 and self.applies
 
     def active_at(self, progress: float) -> bool:
         return self.applies and self.start <= progress <= self.end
@@ -155,6 +167,7 @@ class Job:
     _rows: _Rows = field(default_factory=_Rows)
     _hooks: Attn2Hooks | None = None
     _unet_handle: RemovableHandle | None = None
+    _loras: list[LoRAHooks] = field(default_factory=list)
     unet: nn.Module | None = None
     #: Attention maps wanted: each call's rows are told which batch image they belong to.
     record_rows: bool = False
@@ -177,6 +190,7 @@ class Job:
         """Hook ``attn2`` (in adapter key order) and the UNet's forward for row tracking."""
         self.detach()
         try:
+            self.attach_loras(unet)
             self._hooks = Attn2Hooks(attn2, self._terms, upcast=self.upcast).install()
             self._unet_handle = unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
             self.unet = unet
@@ -184,8 +198,29 @@ class Job:
             self.detach()
             raise
 
+    def attach_loras(self, unet: nn.Module) -> None:
+        """FaceID units' LoRAs on ``unet``'s attention layers (Forge, which patches attention
+        itself, calls only this); :meth:`detach` removes them."""
+        self.detach_loras()
+        units = [u for u in self.units if u.applies_lora]
+        if not units:
+            return
+        pairs = ldm_attention_pairs(unet.named_modules())
+        try:
+            for unit in units:
+                assert unit.lora is not None
+                self._loras.append(unit.lora.attach(pairs, unit.lora_strength))
+        except Exception:
+            self.detach_loras()
+            raise
+
+    def detach_loras(self) -> None:
+        while self._loras:
+            self._loras.pop().remove()
+
     def detach(self) -> None:
         """Idempotent: removes every hook this job installed."""
+        self.detach_loras()
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None

@@ -45,6 +45,11 @@ BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
 
+    def end_pass(self, p: Any) -> None:
+        if self.job is not None:
+            self.job.detach_loras()
+        self.keep_maps(p)
+
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
@@ -63,6 +68,9 @@ class ForgeState(StateBase):
         register_patches(clone, run)
         clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)
         sd_model.forge_objects.unet = clone
+        # FaceID's LoRA: hooks on the shared UNet's attention Linears, taken off when the pass ends
+        # (the clone Forge discards cannot carry them: its modules are the same objects)
+        self.job.attach_loras(clone.model.diffusion_model)
         for text in coexistence_notes(run):
             self.note(text)
 
@@ -119,8 +127,8 @@ def before_sampling(p: Any) -> None:
     state: ForgeState | None = get_state(p)
     if state is None:
         return
-    # Forge resets the patcher each pass: nothing to remove afterwards, only the maps to keep
-    wrap_sampler(p, state, lambda: state.keep_maps(p))
+    # Forge resets the patcher each pass; what is left to undo is FaceID's LoRA hooks
+    wrap_sampler(p, state, lambda: state.end_pass(p))
     if state.error is not None or state.skip_hires(p):
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
@@ -138,6 +146,8 @@ def on_cfg_denoiser(params: Any) -> None:
 
 def postprocess(p: Any, processed: Any = None) -> None:
     state: ForgeState | None = get_state(p)
+    if state is not None and state.job is not None:
+        state.job.detach_loras()
     if state is not None and processed is not None:
         append_maps(p, processed, state)
     drop_state(p)
