@@ -69,16 +69,21 @@ def test_the_init_images_become_the_references_one_per_generated_image():
     assert len(repeated.images) == 1 and not repeated.per_image
 
 
-@pytest.mark.parametrize(
-    ("request_", "fix"),
-    [
-        (UnitRequest(3, image_from_init=True), "no input image (txt2img). Untick it"),
-        (UnitRequest(3, mask_from_inpaint=True), "no inpaint mask. Draw one"),
-    ],
-)
-def test_txt2img_has_no_img2img_sources(request_, fix):
+def test_txt2img_has_no_init_image():
+    fix = "no input image (txt2img). Untick it"
     with pytest.raises(IPAdapterError, match="IP-Adapter unit 3: .* " + re.escape(fix)):
-        resolve(job(None), request_)
+        resolve(job(None), UnitRequest(3, image_from_init=True))
+
+
+def test_without_inpainting_a_unit_on_the_inpaint_mask_does_nothing(webui, capsys):
+    """Nothing is inpainted in txt2img or plain img2img, so such a unit acts nowhere (and can be
+    left on for ADetailer's inpaint passes)."""
+    assert resolve(job(None), UnitRequest(3, mask_from_inpaint=True)) is None
+    assert resolve(img2img(job(None), [image(1)]), UnitRequest(3, mask_from_inpaint=True)) is None
+    assert "inpaints nothing, so the unit does nothing here" in capsys.readouterr().out
+    plain = run_job(webui.script, unit_args(enabled=False), job(webui.model))
+    ours = run_job(webui.script, unit_args({**PLUS, "mask_from_inpaint": True}), job(webui.model))
+    assert torch.equal(ours, plain)
 
 
 def test_an_inverted_inpaint_mask_covering_everything_leaves_nothing():

@@ -106,10 +106,11 @@ def parse_requests(p: Any, args: tuple) -> tuple[list[UnitRequest], IPAdapterErr
         default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
         units = [(n, with_default_weight(u, default_weight)) for n, u in units]
         units = apply_overrides(p, units)  # X/Y/Z plot axes
-        requests = [resolve_img2img(p, unit.to_request(number)) for number, unit in units]
+        resolved = [resolve_img2img(p, unit.to_request(number)) for number, unit in units]
     except IPAdapterError as exc:
         return [], exc
-    for (number, unit), request in zip(units, requests, strict=True):
+    requests = [r for r in resolved if r is not None]
+    for (number, unit), request in ((u, r) for u, r in zip(units, resolved, strict=True) if r is not None):
         p.extra_generation_params[KEY.format(number)] = unit_infotext(unit, model_hash(unit.model), len(request.images))
     return requests, None
 

@@ -48,8 +48,13 @@ def _mask_tensor(mask: Image.Image, invert: bool) -> torch.Tensor:
     return 1.0 - values if invert else values
 
 
-def resolve(p: Any, request: UnitRequest) -> UnitRequest:
-    """``request`` with its img2img sources filled in from ``p``, or an error naming the fix."""
+def resolve(p: Any, request: UnitRequest) -> UnitRequest | None:
+    """``request`` with its img2img sources filled in from ``p``, or an error naming the fix.
+
+    ``None``: the unit acts where the WebUI inpaints and this generation inpaints nothing
+    (txt2img, plain img2img), so it does nothing here, like a unit whose mask lies outside an
+    "Only masked" crop. That lets a unit act only in ADetailer's inpaint passes (said on the
+    console)."""
     where = f"IP-Adapter unit {request.number}"
     changes: dict[str, Any] = {}
     if request.image_from_init:
@@ -66,10 +71,8 @@ def resolve(p: Any, request: UnitRequest) -> UnitRequest:
     if request.mask_from_inpaint:
         region = inpaint_region(p) if getattr(p, "init_images", None) else None
         if region is None:
-            raise IPAdapterError(
-                f"{where}: {_INPAINT} is on, but this generation has no inpaint mask. Draw one in img2img's "
-                "Inpaint tab (the API's 'mask'), or untick it."
-            )
+            print(f"{where}: {_INPAINT} is on and this generation inpaints nothing, so the unit does nothing here.")
+            return None
         mask = _mask_tensor(region, request.mask_invert)
         if not bool(mask.any()):
             raise IPAdapterError(
