@@ -38,6 +38,15 @@ def faceid(webui, tmp_path):
     return webui
 
 
+def png_b64_of(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def unit(model: str, **fields) -> dict:
     return {"image": FACE, "model": model, "weight": 1.0, **fields}
 
@@ -90,3 +99,77 @@ def test_faces_are_detected_once_per_photo(faceid, monkeypatch):
     for _ in range(2):
         run_job(faceid.script, unit_args(unit("tiny-faceid-plus")), job(faceid.model, enable_hr=True))
     assert calls["n"] == 1 and len(a1111.engine().faces._found) == 1
+
+
+@torch.no_grad()
+def test_show_faces_returns_each_reference_with_its_face(faceid):
+    p = job(faceid.model)
+    run_job(faceid.script, [unit("tiny-faceid", image=[FACE, OTHER_FACE], show_faces=True)], p)
+    generated = 1
+    assert len(p.processed.images) == generated + 2
+    shown = p.processed.images[generated]
+    assert shown.height == 256 and shown.width > 256  # the reference with its box, then the crop
+    assert p.processed.infotexts[generated].startswith("IP-Adapter detected face: unit 1, image 1, score")
+    q = job(faceid.model)
+    run_job(faceid.script, [unit("tiny-faceid", image=[FACE, OTHER_FACE])], q)
+    assert len(q.processed.images) == generated
+
+
+@torch.no_grad()
+def test_encode_route_embeds_reuse_the_face_without_detecting_again(faceid, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ipadapter_ext.api.routes import register_routes
+    from ipadapter_ext.core.face import FaceAnalyser
+    from ipadapter_ext.host import a1111
+    from ipadapter_ext.host.models import loaded_signature
+    from tests.a1111_env import sd_model
+
+    app = FastAPI()
+    register_routes(app, a1111.engine, loaded_signature, lambda: a1111.placement(sd_model(faceid.unet), faceid.unet))
+    client = TestClient(app)
+    answer = client.post("/ipadapter/v1/encode", json={"image": png_b64_of(FACE), "model": "tiny-faceid-plus"})
+    assert answer.status_code == 200, answer.text
+    embeds = answer.json()["embeds"]
+    calls = {"n": 0}
+    original = FaceAnalyser.largest
+
+    def counting(self, image):
+        calls["n"] += 1
+        return original(self, image)
+
+    monkeypatch.setattr(FaceAnalyser, "largest", counting)
+    with_embeds = run_job(faceid.script, [{"model": "tiny-faceid-plus", "embeds": embeds}], job(faceid.model))
+    with_image = run_job(faceid.script, [unit("tiny-faceid-plus", image=FACE)], job(faceid.model))
+    assert calls["n"] == 0  # the photo's face was found by the encode call and is reused from the cache
+    torch.testing.assert_close(with_embeds, with_image, rtol=1e-5, atol=1e-6)  # the PNG round trip
+
+
+def test_faces_route_shows_boxes_and_crops(faceid):
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ipadapter_ext.api.routes import register_routes
+    from ipadapter_ext.host import a1111
+    from ipadapter_ext.host.models import loaded_signature
+
+    app = FastAPI()
+    register_routes(app, a1111.engine, loaded_signature)
+    client = TestClient(app)
+    two = Image.fromarray(face_image(480, 240, faces=[(20, 60, 104), (340, 60, 104)], seed=4))
+    answer = client.post("/ipadapter/v1/faces", json={"image": png_b64_of(two), "size": 112})
+    assert answer.status_code == 200, answer.text
+    faces = answer.json()["faces"]
+    assert len(faces) == 2 and [f["largest"] for f in faces].count(True) == 1
+    big = next(f for f in faces if f["largest"])
+    assert big["box"][0] > 200 and len(big["kps"]) == 5
+    crop = Image.open(io.BytesIO(base64.b64decode(big["crop"])))
+    assert crop.size == (112, 112)
+    none = client.post("/ipadapter/v1/faces", json={"image": png_b64_of(NO_FACE)})
+    assert none.status_code == 200 and none.json()["faces"] == []
+    bad = client.post("/ipadapter/v1/faces", json={"image": png_b64_of(two), "size": 100})
+    assert bad.status_code == 422 and "size must be one of 112, 224, 256" in bad.text

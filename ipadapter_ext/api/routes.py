@@ -181,10 +181,15 @@ def register_routes(
             "Encode reference images for a model; the result goes in a unit's embeds",
             "POST",
         )
+    from .faces import faces_endpoint
+
+    add("/faces", faces_endpoint(engine), "Faces found in a photo: boxes, scores, keypoints, aligned crops", "POST")
 
 
 #: The unit fields that decide the tokens (the rest act at sampling time and stay in the unit).
-ENCODE_FIELDS = ("image", "model", "encoder", "crop", "combine", "image_weights", "negative_image", "noise")
+ENCODE_FIELDS = (
+    "image", "model", "encoder", "crop", "combine", "image_weights", "negative_image", "noise", "faceid_v2_weight",
+)  # fmt: skip
 
 
 def encode_endpoint(engine: Callable[[], Engine], placement: Callable[[], Placement]) -> Callable[..., dict[str, Any]]:

@@ -272,6 +272,9 @@ class Engine:
         weights = self._layer_weights(req, unet)
         mask = self._mask(req)
         adapter, encoder_name, cond, uncond = self.tokens(req, place)
+        faces = ()
+        if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
+            faces = tuple(zip(req.images, self.found_faces(req), strict=True))  # cached: no second detection
         kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, weights.swapped_layers(unet.transformer_index))
         description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
         return PreparedUnit(
@@ -288,6 +291,7 @@ class Engine:
             weight_type=WeightType(req.weight_type).value,
             lora=adapter.lora,
             lora_strength=req.lora_strength,
+            faces=faces,
         )
 
     @staticmethod

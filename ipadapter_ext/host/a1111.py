@@ -29,6 +29,7 @@ from ..interop.controlnet import coexistence_note
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
+    append_faces,
     append_maps,
     drop_state,
     get_state,
@@ -146,6 +147,7 @@ def postprocess(p: Any, processed: Any = None) -> None:
         state.detach()
         if processed is not None:
             append_maps(p, processed, state)
+            append_faces(processed, state)
         drop_state(p)
 
 

@@ -163,6 +163,23 @@ def append_maps(p: Any, processed: Any, state: StateBase) -> None:
                 )
 
 
+def append_faces(processed: Any, state: StateBase) -> None:
+    """After the generated images: each FaceID reference with the face found in it (box,
+    keypoints) and the aligned crop the adapter saw, when the request asked for them."""
+    if state.job is None or not any(r.show_faces for r in state.requests):
+        return
+    from ..core.encode.faces import preview
+
+    for unit in state.job.units:
+        for index, (image, found) in enumerate(unit.faces, start=1):
+            box = ", ".join(f"{float(v):.0f}" for v in found.face.box)
+            processed.images.append(preview(image, found))
+            processed.infotexts.append(
+                f"IP-Adapter detected face: unit {unit.number}, image {index}, score {float(found.face.score):.2f}, "
+                f"box ({box}) (not a generated image)"
+            )
+
+
 def failed_to_prepare(exc: Exception) -> IPAdapterError:
     """A bug must never turn into a silent generation without the unit: it becomes the error."""
     return IPAdapterError(f"IP-Adapter failed to prepare: {type(exc).__name__}: {exc}")

@@ -23,6 +23,7 @@ from typing import Any
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
+    append_faces,
     append_maps,
     drop_state,
     get_state,
@@ -150,6 +151,7 @@ def postprocess(p: Any, processed: Any = None) -> None:
         state.job.detach_loras()
     if state is not None and processed is not None:
         append_maps(p, processed, state)
+        append_faces(processed, state)
     drop_state(p)
 
 

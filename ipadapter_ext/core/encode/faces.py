@@ -79,3 +79,25 @@ class FaceReferences:
         if not images:
             raise IPAdapterError(f"{where}: no reference photo. Drop a photo of a face into the unit.")
         return [self.find(image, f"{where}, image {i}") for i, image in enumerate(images, start=1)]
+
+
+def preview(image, found: FoundFace, height: int = 256) -> Image.Image:
+    """What the adapter saw: the reference scaled to ``height`` with the detected box and five
+    keypoints drawn, and the aligned crop beside it."""
+    from PIL import ImageDraw
+
+    source = (
+        image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)).convert("RGB")
+    )
+    scale = height / source.height
+    shown = source.resize((max(1, round(source.width * scale)), height), Image.BICUBIC)
+    draw = ImageDraw.Draw(shown)
+    x1, y1, x2, y2 = (float(v) * scale for v in found.face.box)
+    draw.rectangle((x1, y1, x2, y2), outline=(0, 255, 0), width=2)
+    for x, y in np.asarray(found.face.kps, dtype=np.float32) * scale:
+        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(255, 0, 0))
+    crop = found.crop.resize((height, height), Image.BICUBIC)
+    out = Image.new("RGB", (shown.width + height, height))
+    out.paste(shown, (0, 0))
+    out.paste(crop, (shown.width, 0))
+    return out
