@@ -173,3 +173,33 @@ def test_faces_route_shows_boxes_and_crops(faceid):
     assert none.status_code == 200 and none.json()["faces"] == []
     bad = client.post("/ipadapter/v1/faces", json={"image": png_b64_of(two), "size": 100})
     assert bad.status_code == 422 and "size must be one of 112, 224, 256" in bad.text
+
+
+def test_onnxruntime_is_installed_only_for_faceid(faceid, tmp_path, monkeypatch):
+    from ipadapter_ext import face_setup
+
+    models = tmp_path / "models"
+    assert sorted(p.stem for p in face_setup.faceid_models([models / "ipadapter"])) == [
+        "tiny-faceid",
+        "tiny-faceid-plus",
+        "tiny-portrait",
+    ]
+    assert face_setup.install_reason(models, {}) is None  # the test venv has onnxruntime
+    monkeypatch.setattr(face_setup, "onnxruntime_present", lambda: False)
+    assert face_setup.install_reason(models, {}) == "FaceID model tiny-faceid-plus.safetensors"
+    empty = tmp_path / "empty"
+    (empty / "ipadapter").mkdir(parents=True)
+    assert face_setup.install_reason(empty, {}) is None
+    assert face_setup.install_reason(empty, {"IPADAPTER_FACEID": "1"}) == "IPADAPTER_FACEID=1"
+
+
+def test_the_info_line_says_what_a_faceid_model_needs(faceid, tmp_path):
+    import shutil
+
+    from ipadapter_ext.host.a1111_ui import ui_hooks
+
+    describe = ui_hooks().describe
+    assert "face pack: buffalo_l" in describe("tiny-faceid", "auto")
+    assert "face pack" not in describe("tiny-plus", "auto")
+    shutil.rmtree(tmp_path / "models" / "insightface")
+    assert "⚠" in describe("tiny-faceid", "auto") and "det_10g.onnx" in describe("tiny-faceid", "auto")

@@ -14,6 +14,29 @@ from .models import engine, unet_layout
 from .settings import opt
 
 
+def face_status(info: Any) -> str:
+    """For FaceID models: whether onnxruntime and the face pack are there, and what to do if not."""
+    from ..core.load.detect import EncoderOutput
+
+    if info.encoder.output not in (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE):
+        return ""
+    from ..core.face import FaceAnalysisError, find_pack
+    from ..face_setup import onnxruntime_present
+
+    faces = engine().faces
+    notes = []
+    if not onnxruntime_present():
+        notes.append("⚠ needs onnxruntime: restart the WebUI (it is installed when a FaceID model is present) or "
+                     "run `python -m ipadapter_ext.face_setup` in the WebUI's venv")  # fmt: skip
+    try:
+        if faces is not None:
+            pack = find_pack(list(faces.roots()), faces.pack_name())
+            notes.append(f"face pack: {pack.name} ({pack.folder})")
+    except FaceAnalysisError as exc:
+        notes.append(f"⚠ {exc}")
+    return "".join(f"  \n{n}" for n in notes)
+
+
 def ui_hooks() -> Any:
     from ..ui.accordion import UiHooks
 
@@ -30,7 +53,7 @@ def ui_hooks() -> Any:
             return ""
         if entry.info is None:
             return f"⚠ {entry.error}"
-        text = entry.info.describe()
+        text = entry.info.describe() + face_status(entry.info)
         try:
             from modules import shared
 
