@@ -156,7 +156,7 @@ class Engine:
                 noisy = encode_references(encoder, req.images, req.crop, self.embeddings, req.noise)
                 uncond_enc = combine_encoded(noisy, req.combine, req.image_weights)
             else:
-                uncond_enc = adapter.uncond_inputs(cond_enc, encoder)
+                uncond_enc = adapter.negative_inputs(cond_enc, encoder)
             adapter.to(place.device)
             cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         finally:
@@ -212,6 +212,11 @@ class Engine:
 
     @staticmethod
     def _layer_weights(req: UnitRequest, unet: UNetSignature):
+        if unet.arch == "flux" and (req.weight_type != WeightType.LINEAR or req.layer_weights is not None):
+            raise IPAdapterError(
+                "weight types and layer weights address the SD UNet's blocks, which Flux does not have. "
+                "On Flux use the 'linear' weight type without layer_weights (weight, start and end still apply)."
+            )
         if not unet.transformer_index:  # a host that cannot map its layers: only a uniform weight
             if req.weight_type != WeightType.LINEAR or req.layer_weights is not None:
                 raise IPAdapterError(
