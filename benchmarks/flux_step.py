@@ -54,7 +54,7 @@ class _Run:
     def __init__(self, term: ImageKV) -> None:
         self.term, self.upcast = term, False
 
-    def terms_for(self, layer, rows, tokens, device, extra):  # noqa: ARG002 (ForgeRun's signature)
+    def terms_for(self, layer, rows, tokens, device, extra):
         return [self.term]
 
 

@@ -130,7 +130,7 @@ def test_family_checks_name_both_sides():
     sd = UNetSignature(768, (320,) * 16, "SD1.5")
     with pytest.raises(IncompatibleModelError, match=r"'s' is an SD1\.5 IP-Adapter .*the loaded checkpoint is Flux"):
         check_unet(sd_info, flux, "'s'")
-    with pytest.raises(IncompatibleModelError, match=r"'f' is an Flux IP-Adapter .*checkpoint is SD1\.5.*in Forge"):
+    with pytest.raises(IncompatibleModelError, match=r"'f' is a Flux IP-Adapter .*checkpoint is SD1\.5.*in Forge"):
         check_unet(flux_info, sd, "'f'")
     with pytest.raises(IncompatibleModelError, match="3 double blocks"):
         check_unet(flux_info, UNetSignature(TXT, (HIDDEN,) * 3, "Flux", arch="flux"), "'f'")

@@ -58,8 +58,9 @@ def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the ad
     if info.arch != unet.arch:
         where = " in Forge" if info.arch == "flux" else ""
         raise IncompatibleModelError(
-            f"{model_name} is an {info.family} IP-Adapter ({info.name}); the loaded checkpoint is {unet.family}. "
-            f"Choose an IP-Adapter model made for {unet.family}, or load a {info.family} checkpoint{where}."
+            f"{model_name} is {_article(info.family)} {info.family} IP-Adapter ({info.name}); the loaded checkpoint "
+            f"is {unet.family}. Choose an IP-Adapter model made for {unet.family}, or load "
+            f"{_article(info.family)} {info.family} checkpoint{where}."
         )
     if info.arch == "flux":
         _check_flux(info, unet, model_name)
@@ -87,6 +88,11 @@ def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the ad
                 f"but {have} wide in the loaded UNet. The checkpoint's architecture differs from the "
                 f"{info.family} UNet the adapter was trained on."
             )
+
+
+def _article(word: str) -> str:
+    """'an SD1.5', 'an SDXL', 'a Flux': SD is read letter by letter."""
+    return "an" if word[:1] in "AEIOSaeio" else "a"
 
 
 def _check_flux(info: AdapterInfo, unet: UNetSignature, model_name: str) -> None:
