@@ -156,3 +156,14 @@ def test_flux_adapter_on_sd_is_refused_naming_both(env):
     error = getattr(p, common.STATE_ATTR).error
     assert isinstance(error, IPAdapterError) and isinstance(error.__cause__, IncompatibleModelError)
     assert "'tiny-flux' is a Flux IP-Adapter" in str(error) and "checkpoint is SD1.5" in str(error)
+
+
+def test_the_loaded_flux_signature_is_what_routes_and_ui_check_against(env):
+    from modules import shared
+
+    from ipadapter_ext.host.models import loaded_signature
+
+    shared.sd_model = env.model
+    signature = loaded_signature()
+    assert (signature.arch, signature.family, signature.context_dim) == ("flux", "Flux", TXT)
+    assert len(signature.attn2_widths) == len(env.double.double_blocks)

@@ -37,7 +37,7 @@ from .common import (
     wrap_sampler,
 )
 from .forge_patch import Attn2Patch, ForgeRun, KVModule, StepClock
-from .models import attn2_slots, engine, forge_placement, unet_layout
+from .models import attn2_slots, engine, forge_placement, model_signature
 
 __all__ = ["build_ui", "download_models", "engine", "register_xyz"]
 
@@ -52,7 +52,7 @@ class ForgeState(StateBase):
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
         flux = forge_flux.is_flux(patcher.model.diffusion_model)
-        signature = forge_flux.flux_signature(patcher.model.diffusion_model) if flux else unet_layout(sd_model)[2]
+        signature = model_signature(sd_model)
         place = forge_placement(patcher)
         key = (signature, place.device, place.dtype)
         if self.job is None or key != self.key:
