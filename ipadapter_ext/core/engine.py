@@ -194,7 +194,7 @@ class Engine:
             noisy = encode_references(encoder, images, req.crop, self.embeddings, req.noise)
             uncond_enc = combine_encoded(noisy, req.combine, weights)
         else:
-            uncond_enc = adapter.uncond_inputs(cond_enc, encoder)
+            uncond_enc = adapter.negative_inputs(cond_enc, encoder)
         adapter.to(place.device)
         cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         return cond, uncond
@@ -232,7 +232,7 @@ class Engine:
                     hidden = encode_references(encoder, [f.crop for f in group], "center", self.embeddings).hidden
                 enc = EncodedImages(face=face, hidden=hidden)
                 enc = combine_encoded(enc, req.combine, None if req.per_image else req.image_weights)
-                uncond = adapter.uncond_inputs(enc, encoder)
+                uncond = adapter.negative_inputs(enc, encoder)
                 adapter.to(place.device)
                 scale = req.faceid_v2_weight
                 pairs.append(tuple(self._project(adapter, e, place, scale) for e in (enc, uncond)))
@@ -296,6 +296,11 @@ class Engine:
 
     @staticmethod
     def _layer_weights(req: UnitRequest, unet: UNetSignature):
+        if unet.arch == "flux" and (req.weight_type != WeightType.LINEAR or req.layer_weights is not None):
+            raise IPAdapterError(
+                "weight types and layer weights address the SD UNet's blocks, which Flux does not have. "
+                "On Flux use the 'linear' weight type without layer_weights (weight, start and end still apply)."
+            )
         if not unet.transformer_index:  # a host that cannot map its layers: only a uniform weight
             if req.weight_type != WeightType.LINEAR or req.layer_weights is not None:
                 raise IPAdapterError(

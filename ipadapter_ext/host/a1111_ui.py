@@ -10,7 +10,7 @@ from ..core.load.compat import check_unet
 from ..core.load.known_models import KNOWN_MODELS, find_known_model
 from ..schema import DEFAULTS
 from ..ui.infotext import KEY, PASTE_FIELDS, paste_notice, paste_value, pasted_unit
-from .models import engine, unet_layout
+from .models import engine, model_signature
 from .settings import opt
 
 
@@ -54,11 +54,15 @@ def ui_hooks() -> Any:
         if entry.info is None:
             return f"⚠ {entry.error}"
         text = entry.info.describe() + face_status(entry.info)
+        if getattr(entry.info, "arch", "sd") == "flux":
+            from . import is_forge
+
+            if not is_forge():
+                text += "  \n⚠ an XLabs Flux IP-Adapter: it needs Forge with a Flux checkpoint (A1111 has no Flux)."
         try:
             from modules import shared
 
-            _, _, signature = unet_layout(shared.sd_model)
-            check_unet(entry.info, signature, f"'{model}'")
+            check_unet(entry.info, model_signature(shared.sd_model), f"'{model}'")
         except IPAdapterError as exc:
             text += f"  \n⚠ {exc}"
         except Exception:  # no model loaded yet

@@ -13,6 +13,8 @@ Lifetime, per generation:
   nothing needs removing: the next pass starts from the unpatched one.
 * ``on_cfg_denoiser`` reports each step's sigma and step fraction to the patches.
 * A unit that cannot apply raises when sampling starts (HTTP 422 for the API), as on A1111.
+* Flux (XLabs adapters): the same, with object patches on the double blocks and a unet function
+  wrapper instead of attn2 patches (``forge_flux.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import forge_flux
 from .a1111_ui import build_ui, download_models
 from .common import (
     StateBase,
@@ -35,7 +38,7 @@ from .common import (
     wrap_sampler,
 )
 from .forge_patch import Attn2Patch, ForgeRun, KVModule, StepClock
-from .models import attn2_slots, engine, forge_placement, unet_layout
+from .models import attn2_slots, engine, forge_placement, model_signature
 
 __all__ = ["build_ui", "download_models", "engine", "register_xyz"]
 
@@ -54,7 +57,8 @@ class ForgeState(StateBase):
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
-        _, _, signature = unet_layout(sd_model)
+        flux = forge_flux.is_flux(patcher.model.diffusion_model)
+        signature = model_signature(sd_model)
         place = forge_placement(patcher)
         key = (signature, place.device, place.dtype)
         if self.job is None or key != self.key:
@@ -65,6 +69,9 @@ class ForgeState(StateBase):
         self.start_maps()
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
+        if flux:
+            sd_model.forge_objects.unet = forge_flux.patched_clone(patcher, run)
+            return
         clone = patcher.clone()
         register_patches(clone, run)
         clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)

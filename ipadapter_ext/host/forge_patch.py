@@ -116,13 +116,19 @@ class ForgeRun:
         return active
 
     def terms(self, layer: int, q: torch.Tensor, extra_options: dict) -> list[ImageKV]:
-        layout = row_layout(extra_options.get("cond_or_uncond") or (), int(q.shape[0]))
+        """The terms of an attn2 call with query ``q`` ([B, N, inner])."""
+        return self.terms_for(layer, int(q.shape[0]), int(q.shape[1]), q.device, extra_options)
+
+    def terms_for(self, layer: int, rows: int, tokens: int, device: torch.device, extra_options: dict) -> list[ImageKV]:
+        """The terms at ``layer`` for a call of ``rows`` rows over ``tokens`` spatial tokens;
+        ``extra_options`` holds Forge's ``cond_or_uncond``, ``sigmas`` and ``original_shape``."""
+        layout = row_layout(extra_options.get("cond_or_uncond") or (), rows)
         if layout is None:
             if not self._warned:
                 self._warned = True
                 log.warning(
                     "IP-Adapter: a UNet call with %d rows does not split into chunks %s; the image prompt is "
-                    "skipped for such calls.", q.shape[0], extra_options.get("cond_or_uncond"),
+                    "skipped for such calls.", rows, extra_options.get("cond_or_uncond"),
                 )  # fmt: skip
             return []
         sigmas = extra_options.get("sigmas")
@@ -133,8 +139,8 @@ class ForgeRun:
         images = row_images(chunks, len(layout)) if self.maps else None
         refs = row_refs(chunks, len(layout)) if self.per_image_refs else None
         units = self.active_units(sigma)
-        terms = layer_terms(units, layer, layout, int(q.shape[1]), latent_hw, images=images, refs=refs)
-        return [_on_device(t, q.device) for t in terms]
+        terms = layer_terms(units, layer, layout, tokens, latent_hw, images=images, refs=refs)
+        return [_on_device(t, device) for t in terms]
 
 
 def _on_device(term: ImageKV, device: torch.device) -> ImageKV:

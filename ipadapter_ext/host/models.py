@@ -82,6 +82,15 @@ def unet_layout(sd_model: Any) -> tuple[torch.nn.Module, list[torch.nn.Module], 
     return unet, modules, UNetSignature.from_slots(context, [m.to_k.out_features for m in modules], slots, label)
 
 
+def model_signature(sd_model: Any) -> UNetSignature:
+    """The loaded model's signature for the checks: Flux's double blocks on Forge, else the UNet's
+    cross-attention layers."""
+    from .forge_flux import flux_signature, is_flux
+
+    unet = diffusion_model(sd_model)
+    return flux_signature(unet) if is_flux(unet) else unet_layout(sd_model)[2]
+
+
 def placement(sd_model: Any, unet: torch.nn.Module) -> Placement:
     from modules import devices, shared
 
@@ -128,7 +137,7 @@ def loaded_signature() -> UNetSignature | None:
     from modules import shared
 
     try:
-        return unet_layout(shared.sd_model)[2]
+        return model_signature(shared.sd_model)
     except Exception:  # no model loaded (yet), or one that is not an LDM UNet
         return None
 

@@ -6,7 +6,13 @@ at dfdcbab6 (own implementations, no Forge code):
   ``transformer_options["patches_replace"]["attn2"][key]`` written copy-on-write by
   ``set_model_attn2_replace(patch, block_name, number, transformer_index=None)`` (key
   ``(block, number)`` or ``(block, number, transformer_index)``), and
-  ``add_extra_torch_module_during_sampling(m, cast_to_unet_dtype=True)``.
+  ``add_extra_torch_module_during_sampling(m, cast_to_unet_dtype=True)``; the object-patch
+  contract: ``add_object_patch(name, obj)`` (attribute path under the patcher's model; ``clone()``
+  copies the dict shallowly), ``get_model_object(name)`` (the patch, else the backup, else the
+  attribute), ``forge_patch_model()`` (backs up each attribute once, sets the patches),
+  ``forge_unpatch_model()`` (restores the backups), ``is_clone(other)`` (same model object);
+  ``set_model_unet_function_wrapper(f)`` (``model_options["model_function_wrapper"]``) and
+  ``model_patches_to(device)`` (calls ``.to(device)`` on that wrapper when it has one).
 * ``backend/modules/k_prediction.py``: a discrete-sigma ``predictor`` with
   ``percent_to_sigma`` (≤0 → a huge sigma, ≥1 → 0, else the sigma at timestep (1−p)·999).
 * ``backend/nn/unet.py``: ``forge_unet_forward`` runs an LDM UNet the way Forge's
@@ -37,6 +43,54 @@ class ModelPatcher:
         self.model = model
         self.load_device, self.offload_device = load_device, offload_device
         self.model_options = {"transformer_options": {}}
+        self.object_patches = {}
+        self.object_patches_backup = {}
+
+    def is_clone(self, other):
+        return hasattr(other, "model") and self.model is other.model
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def get_model_object(self, name):
+        if name in self.object_patches:
+            return self.object_patches[name]
+        if name in self.object_patches_backup:
+            return self.object_patches_backup[name]
+        return _get_attr(self.model, name)
+
+    def set_model_unet_function_wrapper(self, unet_wrapper_function):
+        self.model_options["model_function_wrapper"] = unet_wrapper_function
+
+    def model_patches_to(self, device):
+        wrapper = self.model_options.get("model_function_wrapper")
+        if hasattr(wrapper, "to"):
+            self.model_options["model_function_wrapper"] = wrapper.to(device)
+
+    def forge_patch_model(self, target_device=None):
+        for name, obj in self.object_patches.items():
+            if name not in self.object_patches_backup:
+                self.object_patches_backup[name] = _get_attr(self.model, name)
+            _set_attr(self.model, name, obj)
+        return self.model
+
+    def forge_unpatch_model(self, target_device=None):
+        for name, obj in self.object_patches_backup.items():
+            _set_attr(self.model, name, obj)
+        self.object_patches_backup = {}
+
+
+def _get_attr(obj, name):
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_attr(obj, name, value):
+    *parents, last = name.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
 
 
 class UnetPatcher(ModelPatcher):
@@ -46,6 +100,7 @@ class UnetPatcher(ModelPatcher):
 
     def clone(self):
         n = UnetPatcher(self.model, self.load_device, self.offload_device)
+        n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         n.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
         return n

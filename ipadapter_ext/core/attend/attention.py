@@ -93,14 +93,26 @@ def add_image_attention(
     A term's ``mask`` multiplies its output per token; where it is 0 the term adds exactly 0.
     A term's ``record`` sees that output (the attention map reuses it; no second pass).
     """
-    acc: torch.Tensor | None = None
-    qh: torch.Tensor | None = None
     b, n, inner = q.shape
+    terms = [term for term in terms if term.weight != 0]
+    if not terms:
+        return z
+    acc = sum_image_terms(_split_heads(q.float() if upcast else q, heads), terms)
+    if acc is None:
+        return z
+    summed = z.reshape(b, n, heads, inner // heads) + acc.transpose(1, 2)
+    return summed.reshape(b, n, inner).to(z.dtype)
+
+
+def sum_image_terms(qh: torch.Tensor, terms: Iterable[ImageKV]) -> torch.Tensor | None:
+    """``Σ mask · Attn(qh, K, V)`` over the terms with a non-zero weight, for a query already split
+    into heads ([B, heads, N, d]); ``None`` when no term applies. Each term's K/V ([B or 1, T,
+    heads·d]) are split like the query; the softmax is the term's own, over its image tokens."""
+    acc: torch.Tensor | None = None
+    b, heads = qh.shape[0], qh.shape[1]
     for term in terms:
         if term.weight == 0:
             continue
-        if qh is None:
-            qh = _split_heads(q.float() if upcast else q, heads)
         k, v = term.scaler(term.k.to(qh.dtype), term.v.to(qh.dtype), term.weight)
         out = F.scaled_dot_product_attention(
             qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
@@ -110,7 +122,4 @@ def add_image_attention(
         if term.record is not None:
             term.record(out)
         acc = out if acc is None else acc + out
-    if acc is None:
-        return z
-    summed = z.reshape(b, n, heads, inner // heads) + acc.transpose(1, 2)
-    return summed.reshape(b, n, inner).to(z.dtype)
+    return acc

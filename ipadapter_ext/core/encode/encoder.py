@@ -20,6 +20,7 @@ from ..errors import EncoderError, ModelFileError
 from ..load.detect import KNOWN_HIDDEN
 from ..load.formats import Shape, guess_content, read_flat_tensors
 from ..project.projections import EncodedImages
+from .preprocess import CLIP_MEAN, CLIP_STD
 
 _VISION = "vision_model."
 _PROJECTION = "visual_projection.weight"
@@ -145,6 +146,7 @@ class ClipVisionEncoder:
         #: Distinguishes encoders in embedding-cache keys; the file path, size and mtime when loaded from disk.
         self.identity = identity or f"{name}@{id(model):x}"
         self._uncond_hidden: torch.Tensor | None = None
+        self._black_embeds: torch.Tensor | None = None
 
     @classmethod
     def from_file(
@@ -192,6 +194,20 @@ class ClipVisionEncoder:
             assert hidden is not None
             self._uncond_hidden = hidden
         return self._uncond_hidden
+
+    def black_image_embeds(self) -> torch.Tensor:
+        """[1, D] ``image_embeds`` of an all-black picture (pixels 0, normalised to −mean/std), the
+        negative XLabs' Flux pipeline and diffusers' Flux pipeline encode; computed once."""
+        if self._black_embeds is None or self._black_embeds.device != self.device:
+            s = self.spec
+            mean = torch.tensor(CLIP_MEAN).view(1, -1, 1, 1)
+            std = torch.tensor(CLIP_STD).view(1, -1, 1, 1)
+            pixels = ((0.0 - mean) / std).expand(1, s.num_channels, s.image_size, s.image_size)
+            embeds = self.encode(pixels.contiguous()).image_embeds
+            if embeds is None:
+                raise EncoderError(f"encoder '{self.name}' has no visual projection, so it gives no image embeds.")
+            self._black_embeds = embeds
+        return self._black_embeds
 
     def info(self) -> dict:
         return {"name": self.name, **asdict(self.spec), "description": self.spec.describe()}

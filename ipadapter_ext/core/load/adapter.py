@@ -1,5 +1,8 @@
 """A loaded IP-Adapter: projection module plus per-layer ``to_k_ip``/``to_v_ip`` weights.
 
+SD adapters' K/V projections have no bias; XLabs' Flux adapters (one K/V pair per double-stream
+block) have one, so the biases are optional and ``layer_kv`` adds them when present.
+
 Loading (files, detection) is kept apart from the math: :meth:`IPAdapterModel.from_tensors`
 takes already-read tensors, so tests and the API's embeds path share the exact code that runs in
 the WebUI.
@@ -32,6 +35,8 @@ class IPAdapterModel:
         to_v: list[torch.Tensor],
         name: str = "adapter",
         lora: FaceIDLoRA | None = None,
+        to_k_bias: list[torch.Tensor] | None = None,
+        to_v_bias: list[torch.Tensor] | None = None,
     ) -> None:
         self.info = info
         self.projection = projection
@@ -40,6 +45,8 @@ class IPAdapterModel:
         self.name = name
         #: FaceID's own LoRA on every attention layer (``None`` for other adapters and Portrait).
         self.lora = lora
+        self.to_k_bias = to_k_bias
+        self.to_v_bias = to_v_bias
 
     @classmethod
     def from_tensors(
@@ -47,6 +54,12 @@ class IPAdapterModel:
     ) -> IPAdapterModel:
         info = detect_adapter(tensors.shapes(), filename, override)
         projection = build_projection(info, tensors.image_proj, filename)
+        if info.arch == "flux":  # one K/V Linear with bias per double block, numbered from 0
+            kv = tensors.ip_adapter
+            keys = range(info.num_layers)
+            to_k, to_v = [kv[f"{n}.to_k_ip.weight"] for n in keys], [kv[f"{n}.to_v_ip.weight"] for n in keys]
+            bias_k, bias_v = [kv[f"{n}.to_k_ip.bias"] for n in keys], [kv[f"{n}.to_v_ip.bias"] for n in keys]
+            return cls(info, projection, to_k, to_v, Path(filename).stem, to_k_bias=bias_k, to_v_bias=bias_v)
         to_k = [tensors.ip_adapter[f"{2 * n + 1}.to_k_ip.weight"] for n in range(info.num_layers)]
         to_v = [tensors.ip_adapter[f"{2 * n + 1}.to_v_ip.weight"] for n in range(info.num_layers)]
         lora = FaceIDLoRA.from_ip_adapter(tensors.ip_adapter, filename) if info.has_lora else None
@@ -55,7 +68,7 @@ class IPAdapterModel:
                 f"{filename}: the FaceID LoRA covers {lora.num_blocks} transformer blocks but the adapter has "
                 f"{info.num_layers} layers. The file is damaged: download it again."
             )
-        return cls(info, projection, to_k, to_v, Path(filename).stem, lora)
+        return cls(info, projection, to_k, to_v, Path(filename).stem, lora=lora)
 
     @classmethod
     def from_file(cls, path: str | Path, override: str | None = None) -> IPAdapterModel:
@@ -90,24 +103,41 @@ class IPAdapterModel:
             face=None if enc.face is None else torch.zeros_like(enc.face),
         )
 
+    def negative_inputs(self, enc: EncodedImages, encoder: ClipVisionEncoder | None) -> EncodedImages:
+        """The encoder inputs of the uncond tokens, as the adapter's authors build them: for
+        XLabs' Flux adapters (x-flux, and diffusers' Flux pipeline) the CLIP image embeds of an
+        all-black picture, one per reference; for SD adapters :meth:`uncond_inputs`."""
+        if self.info.arch != "flux":
+            return self.uncond_inputs(enc, encoder)
+        if encoder is None:
+            raise ValueError("a Flux adapter's uncond tokens need the encoder that produced the cond ones")
+        embeds = enc.require("image_embeds")
+        black = encoder.black_image_embeds().to(embeds.device, embeds.dtype)
+        return EncodedImages(image_embeds=black.expand(embeds.shape[0], -1))
+
     def cond_uncond_tokens(
         self, enc: EncodedImages, encoder: ClipVisionEncoder | None, shortcut_scale: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """([1, N·T, ctx], [1, N·T, ctx]): all references' tokens concatenated, and the uncond."""
         cond = self.project(enc, shortcut_scale)
-        uncond = self.project(self.uncond_inputs(enc, encoder), shortcut_scale)
+        uncond = self.project(self.negative_inputs(enc, encoder), shortcut_scale)
         return cond.reshape(1, -1, cond.shape[-1]), uncond.reshape(1, -1, uncond.shape[-1])
 
     @torch.inference_mode()
     def layer_kv(
         self, tokens: torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, ``(tokens · W_kᵀ, tokens · W_vᵀ)`` on ``device`` in ``dtype`` (default: the
-        weights'). Each weight visits the device only for its own product."""
+        """Per layer, ``(tokens · W_kᵀ [+ b_k], tokens · W_vᵀ [+ b_v])`` on ``device`` in ``dtype``
+        (default: the weights'). Each weight visits the device only for its own product."""
         out = []
-        for wk, wv in zip(self.to_k, self.to_v, strict=True):
+        n = len(self.to_k)
+        bias_k = self.to_k_bias or [None] * n
+        bias_v = self.to_v_bias or [None] * n
+        for wk, wv, bk, bv in zip(self.to_k, self.to_v, bias_k, bias_v, strict=True):
             wk = wk.to(device=device or wk.device, dtype=dtype or wk.dtype)
             wv = wv.to(device=device or wv.device, dtype=dtype or wv.dtype)
+            bk = None if bk is None else bk.to(device=wk.device, dtype=wk.dtype)
+            bv = None if bv is None else bv.to(device=wv.device, dtype=wv.dtype)
             t = tokens.to(device=wk.device, dtype=wk.dtype)
-            out.append((F.linear(t, wk), F.linear(t, wv)))
+            out.append((F.linear(t, wk, bk), F.linear(t, wv, bv)))
         return out

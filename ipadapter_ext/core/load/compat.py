@@ -22,6 +22,9 @@ class UNetSignature:
     (down blocks, up blocks, then the middle block). ``transformer_index`` gives each of those
     layers' SpatialTransformer in execution order (``t_idx``, what weight types are written
     against) and ``transformer_blocks`` each transformer's block ("input", "middle", "output").
+
+    For Flux (``arch="flux"``) the "layers" are the double-stream blocks: ``attn2_widths`` holds
+    the hidden width once per double block and ``context_dim`` the text-token width (``txt_in``).
     """
 
     context_dim: int
@@ -29,6 +32,7 @@ class UNetSignature:
     label: str = ""
     transformer_index: tuple[int, ...] = ()
     transformer_blocks: tuple[str, ...] = ()
+    arch: str = "sd"
 
     @classmethod
     def from_slots(cls, context_dim: int, widths: Sequence[int], slots: Sequence, label: str = "") -> UNetSignature:
@@ -51,6 +55,16 @@ class UNetSignature:
 
 def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the adapter") -> None:
     """Raise :class:`IncompatibleModelError` naming the mismatch and the fix."""
+    if info.arch != unet.arch:
+        where = " in Forge" if info.arch == "flux" else ""
+        raise IncompatibleModelError(
+            f"{model_name} is {_article(info.family)} {info.family} IP-Adapter ({info.name}); the loaded checkpoint "
+            f"is {unet.family}. Choose an IP-Adapter model made for {unet.family}, or load "
+            f"{_article(info.family)} {info.family} checkpoint{where}."
+        )
+    if info.arch == "flux":
+        _check_flux(info, unet, model_name)
+        return
     if info.context_dim != unet.context_dim:
         if info.family in KNOWN_CONTEXT.values() and info.family != unet.family:
             raise IncompatibleModelError(
@@ -74,6 +88,27 @@ def check_unet(info: AdapterInfo, unet: UNetSignature, model_name: str = "the ad
                 f"but {have} wide in the loaded UNet. The checkpoint's architecture differs from the "
                 f"{info.family} UNet the adapter was trained on."
             )
+
+
+def _article(word: str) -> str:
+    """'an SD1.5', 'an SDXL', 'a Flux': SD is read letter by letter."""
+    return "an" if word[:1] in "AEIOSaeio" else "a"
+
+
+def _check_flux(info: AdapterInfo, unet: UNetSignature, model_name: str) -> None:
+    widths = set(unet.attn2_widths)
+    if info.num_layers != len(unet.attn2_widths) or set(info.layer_widths) != widths:
+        raise IncompatibleModelError(
+            f"{model_name} is made for a Flux transformer with {info.num_layers} double blocks "
+            f"{info.layer_widths[0] if info.layer_widths else 0} wide; the loaded one has {len(unet.attn2_widths)} "
+            f"double blocks {'/'.join(str(w) for w in sorted(widths)) or 0} wide. Use a full Flux.1 checkpoint "
+            "(dev or schnell), not a pruned or resized one."
+        )
+    if info.context_dim != unet.context_dim:
+        raise IncompatibleModelError(
+            f"{model_name} makes {info.context_dim}-wide image tokens; the loaded Flux's text tokens are "
+            f"{unet.context_dim} wide. Choose an IP-Adapter model made for this checkpoint."
+        )
 
 
 def check_encoder(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..errors import ModelFileError
+from .detect_flux import is_flux_layout, read_flux_layout
 from .formats import Shape, guess_content, normalise_shapes
 
 
@@ -61,7 +62,10 @@ VARIANTS: dict[str, tuple[str, ProjectionKind]] = {
     "faceid-plus": ("IP-Adapter FaceID Plus", ProjectionKind.FACEID_PLUS),
     "faceid-plusv2": ("IP-Adapter FaceID Plus v2", ProjectionKind.FACEID_PLUS),
     "portrait": ("IP-Adapter FaceID Portrait", ProjectionKind.PORTRAIT),
+    "xlabs-flux": ("XLabs Flux IP-Adapter", ProjectionKind.IMAGE),
 }
+#: Variants for the Flux transformer (arch "flux"); every other variant is for SD UNets.
+FLUX_VARIANTS = frozenset({"xlabs-flux"})
 
 #: File-name hints, consulted only among variants whose tensors are identical.
 _NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
@@ -137,6 +141,8 @@ class AdapterInfo:
     encoder: EncoderRequirement
     has_lora: bool = False
     params: Mapping[str, int] = field(default_factory=dict)  # projection hyper-parameters
+    #: The model family it attaches to: "sd" (UNet cross-attention) or "flux" (double-stream blocks).
+    arch: str = "sd"
 
     @property
     def name(self) -> str:
@@ -148,7 +154,9 @@ class AdapterInfo:
 
     @property
     def family(self) -> str:
-        """'SD1.5', 'SDXL', or a description of an unknown shape."""
+        """'SD1.5', 'SDXL', 'Flux', or a description of an unknown shape."""
+        if self.arch == "flux":
+            return "Flux"
         known = KNOWN_CONTEXT.get(self.context_dim)
         if known:
             return known
@@ -167,7 +175,10 @@ class AdapterInfo:
         return "one token per encoder patch"
 
     def describe(self) -> str:
-        """E.g. 'IP-Adapter Plus · SD1.5 · 16 tokens · needs CLIP ViT-H/14'."""
+        """E.g. 'IP-Adapter Plus · SD1.5 · 16 tokens · needs CLIP ViT-H/14', or
+        'XLabs Flux IP-Adapter · 4 tokens · needs CLIP ViT-L/14' (the name already says Flux)."""
+        if self.arch == "flux":
+            return f"{self.name} · {self.tokens_text()} · needs {self.encoder.describe()}"
         return f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
 
 
@@ -283,7 +294,7 @@ def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
         override = override.strip().lower()
         if override not in VARIANTS:
             raise ModelFileError(f"unknown variant override '{override}'; choose one of {sorted(VARIANTS)}.")
-        if VARIANTS[override][1] is not kind:
+        if override in FLUX_VARIANTS or VARIANTS[override][1] is not kind:
             fits = sorted(v for v, (_, k) in VARIANTS.items() if k is kind)
             raise ModelFileError(
                 f"{filename}: the tensors are a {kind.value} projection, so it cannot be "
@@ -297,6 +308,25 @@ def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
     return _DEFAULT_VARIANT[kind]
 
 
+def _flux_info(shapes: Mapping[str, Shape], filename: str, override: str | None) -> AdapterInfo:
+    if override and override.strip().lower() not in FLUX_VARIANTS:
+        raise ModelFileError(
+            f"{filename}: the tensors are an XLabs Flux IP-Adapter, so it cannot be '{override}'. "
+            f"Variants that fit this file: {sorted(FLUX_VARIANTS)}."
+        )
+    layout = read_flux_layout(shapes, filename)
+    return AdapterInfo(
+        variant="xlabs-flux",
+        kind=ProjectionKind.IMAGE,
+        context_dim=layout.context_dim,
+        layer_widths=(layout.hidden,) * layout.blocks,
+        tokens=layout.tokens,
+        encoder=EncoderRequirement(EncoderOutput.IMAGE_EMBEDS, layout.embed_dim),
+        params={"in_dim": layout.embed_dim, "tokens": layout.tokens},
+        arch="flux",
+    )
+
+
 def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", override: str | None = None) -> AdapterInfo:
     """Classify an adapter from ``{key: shape}`` (flat keys, any supported prefix).
 
@@ -307,6 +337,8 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
     if not any(k.startswith("image_proj.") for k in normalised):
         raise ModelFileError(f"{filename}: not an IP-Adapter model; it looks like {guess_content(list(shapes))}.")
     shapes = normalised
+    if is_flux_layout(shapes):
+        return _flux_info(shapes, filename, override)
     ctx, widths = _layers(shapes, filename)
     kind, params, has_lora = _classify(shapes, ctx, filename)
     if kind is ProjectionKind.RESAMPLER and params["out_dim"] != ctx:

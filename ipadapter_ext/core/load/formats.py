@@ -5,6 +5,12 @@ Two containers exist in the wild: the original ``.bin`` pickle holding a nested 
 flat ``image_proj.`` / ``ip_adapter.`` prefixes (some community files use ``adapter_modules.``
 instead of ``ip_adapter.``). Both are normalised to :class:`AdapterTensors`.
 
+XLabs' Flux adapters use their own names: ``ip_adapter_proj_model.*`` for the projection and
+``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}`` per double block.
+They are renamed to the layout diffusers converts them to (``image_proj.*`` and
+``ip_adapter.N.to_{k,v}_ip.{weight,bias}``, N counting double blocks from 0), so detection and
+loading see one layout for all three spellings.
+
 Pickles are only ever read by torch's weights-only unpickler: a model file downloaded from the
 internet must not be able to run code. It is called as ``torch.serialization.load``, not through
 the global ``torch.load``, which hosts replace: A1111's ``modules/safe.py`` swaps in a checker
@@ -20,6 +26,7 @@ their header, zip-format pickles memory-mapped (only the pages of the pickle its
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +43,9 @@ MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 #: Prefixes under which the per-layer K/V projections are stored, first match wins.
 ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
 IMAGE_PROJ_PREFIX = "image_proj."
+#: XLabs' Flux projection prefix, an alias of ``image_proj.``.
+XLABS_PROJ_PREFIX = "ip_adapter_proj_model."
+_XLABS_KV = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 
 Shape = tuple[int, ...]
 
@@ -169,12 +179,19 @@ def guess_content(keys: list[str] | tuple[str, ...] | set[str]) -> str:
 
 
 def split_adapter(flat: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Flat keys → (image_proj, ip_adapter) dicts with the prefixes removed."""
+    """Flat keys → (image_proj, ip_adapter) dicts with the prefixes removed (XLabs' Flux names
+    renamed to diffusers' layout)."""
     image_proj: dict[str, torch.Tensor] = {}
     ip_adapter: dict[str, torch.Tensor] = {}
     for key, value in flat.items():
         if key.startswith(IMAGE_PROJ_PREFIX):
             image_proj[key[len(IMAGE_PROJ_PREFIX) :]] = value
+            continue
+        if key.startswith(XLABS_PROJ_PREFIX):
+            image_proj[key[len(XLABS_PROJ_PREFIX) :]] = value
+            continue
+        if m := _XLABS_KV.match(key):
+            ip_adapter[f"{m.group(1)}.to_{m.group(2)}_ip.{m.group(3)}"] = value
             continue
         for prefix in ADAPTER_PREFIXES:
             if key.startswith(prefix):
@@ -184,7 +201,8 @@ def split_adapter(flat: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
 
 
 def normalise_shapes(shapes: Mapping[str, Shape]) -> dict[str, Shape]:
-    """Rename ``adapter_modules.`` keys to ``ip_adapter.`` so detection sees one layout."""
+    """Rename ``adapter_modules.`` (and XLabs') keys to ``image_proj.``/``ip_adapter.`` so
+    detection sees one layout."""
     image_proj, ip_adapter = split_adapter(shapes)  # type: ignore[arg-type]
     out = {IMAGE_PROJ_PREFIX + k: v for k, v in image_proj.items()}
     out.update({"ip_adapter." + k: v for k, v in ip_adapter.items()})

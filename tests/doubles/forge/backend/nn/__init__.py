@@ -1,0 +1,1 @@
+"""Doubles of ``backend/nn`` (see flux.py)."""
