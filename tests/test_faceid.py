@@ -19,12 +19,9 @@ OTHER_FACE = Image.fromarray(face_image(320, 240, faces=[(60, 40, 110)], seed=2)
 NO_FACE = Image.fromarray(face_image(320, 240, faces=[], seed=3))
 
 
-@pytest.fixture
-def faceid(webui, tmp_path):
-    """The doubles' WebUI with the tiny face pack and tiny FaceID adapters in its model folders."""
-    models = tmp_path / "models"
+def write_faceid_files(models, widths) -> None:
+    """The tiny face pack and tiny FaceID adapters (with LoRA, Portrait, Plus) under ``models``."""
     write_pack(models / "insightface" / "models" / "buffalo_l")
-    widths = attn2_widths(webui.unet)
     folder = models / "ipadapter"
     save_adapter_tensors(
         adapter_tensors(adapter_shapes("faceid", CTX, widths, 0, lora_rank=4, tokens=4), seed=11),
@@ -35,6 +32,12 @@ def faceid(webui, tmp_path):
     )
     plus = adapter_shapes("faceid_plus", CTX, widths, 128, lora_rank=4, tokens=4)
     save_adapter_tensors(adapter_tensors(plus, seed=13), folder / "tiny-faceid-plus.safetensors")
+
+
+@pytest.fixture
+def faceid(webui, tmp_path):
+    """The doubles' WebUI with the tiny face pack and tiny FaceID adapters in its model folders."""
+    write_faceid_files(tmp_path / "models", attn2_widths(webui.unet))
     return webui
 
 
@@ -203,3 +206,15 @@ def test_the_info_line_says_what_a_faceid_model_needs(faceid, tmp_path):
     assert "face pack" not in describe("tiny-plus", "auto")
     shutil.rmtree(tmp_path / "models" / "insightface")
     assert "⚠" in describe("tiny-faceid", "auto") and "det_10g.onnx" in describe("tiny-faceid", "auto")
+
+
+@torch.no_grad()
+def test_a_faceid_lora_tag_in_the_prompt_is_said_to_apply_twice(faceid, capsys):
+    p = job(faceid.model)
+    p.prompt = "a portrait <lora:ip-adapter-faceid-plusv2_sd15_lora:0.6>, garden"
+    run_job(faceid.script, unit_args(unit("tiny-faceid")), p)
+    assert "<lora:ip-adapter-faceid-plusv2_sd15_lora:0.6>" in capsys.readouterr().out
+    q = job(faceid.model)
+    q.prompt = p.prompt
+    run_job(faceid.script, unit_args(unit("tiny-faceid", lora_strength=0.0)), q)
+    assert "applied twice" not in capsys.readouterr().out

@@ -16,7 +16,7 @@ from ipadapter_ext.core.attend.weights import WeightType
 from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IPAdapterError
 from ipadapter_ext.host import a1111, common, forge, forge_patch
-from tests.a1111_env import CTX, PLUS, image, make_webui, sd_model, unit_args
+from tests.a1111_env import CTX, PLUS, attn2_widths, image, make_webui, sd_model, unit_args
 from tests.doubles.forge_backend import forge_unet_forward, unet_patcher
 from tests.doubles.forge_sampling import ForgeModel, ForgeProcessing, run_forge_job
 
@@ -276,3 +276,20 @@ def test_several_init_images_each_reference_their_own_image(env):
     torch.testing.assert_close(both[0], only_a[0], rtol=1e-4, atol=1e-5)  # a stacked projection: a tolerance
     torch.testing.assert_close(both[1], only_b[1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(both[0], only_b[0], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_faceid_unit_with_its_lora_on_forge(env, tmp_path):
+    """FaceID on Forge: the LoRA goes on the pass's UNet with the attn2 patches and comes off when
+    the pass ends; weight 0 and the next request are the baseline, bit for bit."""
+    from tests.test_faceid import FACE, write_faceid_files
+
+    write_faceid_files(tmp_path / "models", attn2_widths(env.unet))
+    unit = {"image": FACE, "model": "tiny-faceid", "weight": 1.0}
+    plain = run_forge_job(env.script, unit_args(enabled=False), job(env))
+    ours = run_forge_job(env.script, unit_args(unit), job(env))
+    no_lora = run_forge_job(env.script, unit_args({**unit, "lora_strength": 0.0}), job(env))
+    assert not torch.allclose(ours, plain) and not torch.allclose(ours, no_lora)
+    assert all(not m._forward_hooks for m in env.unet.modules())
+    assert torch.equal(run_forge_job(env.script, unit_args({**unit, "weight": 0.0}), job(env)), plain)
+    assert torch.equal(run_forge_job(env.script, unit_args(enabled=False), job(env)), plain)

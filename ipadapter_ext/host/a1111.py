@@ -125,6 +125,7 @@ def before_sampling(p: Any) -> None:
         state.detach()
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.ensure_job(p.sd_model))
+    state.check_double_lora(p)
 
 
 def on_cfg_denoiser(params: Any) -> None:

@@ -10,6 +10,7 @@ logs the same and fails the same way on either host.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from .settings import opt, register_settings
 log = logging.getLogger("ipadapter")
 
 STATE_ATTR = "ipadapter_state"
+#: The separate FaceID LoRA files (``ip-adapter-faceid…_lora.safetensors``) in the WebUI's tag syntax.
+_FACEID_LORA_TAG = re.compile(r"<lora:[^:>]*faceid[^:>]*:[^>]*>", re.IGNORECASE)
 
 
 @dataclass
@@ -77,6 +80,20 @@ class StateBase:
             self.drawn[int(getattr(p, "iteration", 0))] = {
                 u.number: u.attention_map.maps(images) for u in self.job.units if u.attention_map is not None
             }
+
+    def check_double_lora(self, p: Any) -> None:
+        """A FaceID unit applies the LoRA its file carries; the same LoRA published as a separate
+        ``*faceid*_lora`` file in the prompt would apply it a second time."""
+        if self.job is None or not any(u.applies_lora for u in self.job.units):
+            return
+        prompts = getattr(p, "all_prompts", None) or [getattr(p, "prompt", "") or ""]
+        tags = sorted({m.group(0) for text in prompts for m in _FACEID_LORA_TAG.finditer(str(text))})
+        if tags:
+            self.note(
+                f"IP-Adapter: the prompt has {', '.join(tags)}, and the FaceID unit already applies the LoRA its "
+                "model file carries, so the LoRA is applied twice. Remove the tag, or set the unit's LoRA "
+                "strength to 0."
+            )
 
     def note(self, text: str) -> None:
         """Print ``text`` once per generation (the WebUI console is where users look)."""

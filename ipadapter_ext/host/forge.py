@@ -140,6 +140,7 @@ def before_sampling(p: Any) -> None:
     if state.error is not None or state.skip_hires(p):
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
+    state.check_double_lora(p)
 
 
 def on_cfg_denoiser(params: Any) -> None:
