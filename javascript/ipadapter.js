@@ -41,7 +41,10 @@
     };
 
     function unitLabel(n, text) {
-        return text === "Enable" ? "Enable unit " + n : "Unit " + n + " " + text.charAt(0).toLowerCase() + text.slice(1);
+        if (text === "Enable") return "Enable unit " + n;
+        var first = text.split(" ")[0].slice(1);
+        var keep = first !== first.toLowerCase(); // "FaceID", "LoRA" keep their capital, as in accordion.py
+        return "Unit " + n + " " + (keep ? text : text.charAt(0).toLowerCase() + text.slice(1));
     }
 
     if (typeof titles !== "undefined") { // A1111's hints.js: a hint for any element whose text is the key

@@ -73,3 +73,23 @@ def test_the_script_parses():
         pytest.skip("node is not installed: the syntax check needs it (the browser tests run the script for real)")
     result = subprocess.run([node, "--check", str(SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_unit_label_rule_gives_the_same_labels_in_node():
+    """Run the script's ``unitLabel`` in node on every hinted text (names such as "FaceID" keep
+    their capital in both languages)."""
+    import json
+    import re
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: this check runs the script's unitLabel in node")
+    source = SCRIPT.read_text()
+    function = re.search(r"    function unitLabel\(n, text\) \{.*?\n    \}", source, re.S)
+    assert function, "unitLabel not found in the script"
+    texts = ["Enable", *js_object("HINTS")]
+    program = function.group(0) + f"\nconsole.log(JSON.stringify({json.dumps(texts)}.map(t => unitLabel(2, t))));"
+    result = subprocess.run([node, "-e", program], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [unit_label(2, t) for t in texts]
+    assert unit_label(2, "FaceID LoRA strength") == "Unit 2 FaceID LoRA strength"

@@ -268,7 +268,7 @@ def test_auto_encoder_picks_the_first_fitting_encoder(tmp_path):
         f"'ip-adapter_sd15_vit-h' needs CLIP ViT-H/14; no fitting encoder in {clip}. "
         "Put e.g. clip_vision_h.safetensors there."
     )
-    with pytest.raises(IPAdapterError, match="FaceID.*face embedding.*not supported yet") as exc:
+    with pytest.raises(IPAdapterError, match="FaceID.*takes a face embedding from the face analysis") as exc:
         reg.auto_encoder("ip-adapter-faceid_sd15")
     assert not isinstance(exc.value, UnknownModelError)
     with pytest.raises(UnknownModelError, match="available: ip-adapter-faceid_sd15, ip-adapter-plus_sd15"):

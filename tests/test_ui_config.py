@@ -71,7 +71,7 @@ def test_every_saved_control_has_its_own_key(webui):
             keys.append(loadsave.key("txt2img", block, "value"))
 
     walk(tab)
-    assert len(keys) == 4 * WIDTH + 2  # every unit control, the accordion and the map toggle
+    assert len(keys) == 4 * WIDTH + 3  # every unit control, the accordion, the map and face toggles
     assert [k for k, n in Counter(keys).items() if n > 1] == []
 
 

@@ -93,7 +93,9 @@ def unit_label(number: int, text: str) -> str:
     hints on the same labels."""
     if text == "Enable":
         return f"Enable unit {number}"
-    return f"Unit {number} {text[0].lower()}{text[1:]}"
+    first = text.split(" ", 1)[0]
+    keep = first[1:] != first[1:].lower()  # a name such as "FaceID" or "LoRA" keeps its capital
+    return f"Unit {number} {text if keep else text[0].lower() + text[1:]}"
 
 
 def _unit(

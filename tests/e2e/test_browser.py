@@ -283,3 +283,37 @@ def infotext_settings(info: str) -> dict:
     if "Schedule type" in fields:
         out["scheduler"] = fields["Schedule type"]
     return out
+
+
+def test_img2img_only_controls_and_the_faceid_controls(page):
+    """The img2img sources exist in both tabs (one argument layout) but show in img2img only; the
+    FaceID sliders and the detected-faces toggle are there with their hints."""
+
+    def visible(tab: str, name: str) -> bool:
+        return bool(page.js("const el = document.querySelector(arguments[0]);"
+                            "return !!el && el.offsetParent !== null && getComputedStyle(el).display !== 'none';",
+                            page.uid(tab, 1, name)))  # fmt: skip
+
+    page.open_accordion("txt2img", tick=False)
+    page.js("document.querySelector(arguments[0] + ' .label-wrap').click();", page.uid("txt2img", 1, "advanced"))
+    page.wait(lambda: visible("txt2img", "mask_invert"), "the Advanced controls of unit 1")
+    assert not visible("txt2img", "image_from_init") and not visible("txt2img", "mask_from_inpaint")
+    assert visible("txt2img", "lora_strength") and visible("txt2img", "faceid_v2_weight")
+    assert page.number(page.uid("txt2img", 1, "lora_strength")) == 0.6
+    assert page.find("#script_txt2img_ipadapter_show_faces").is_displayed()
+    page.switch_tab("img2img")
+    page.open_accordion("img2img", tick=False)
+    page.wait(lambda: visible("img2img", "image_from_init"), "the img2img input checkbox")
+    page.js("document.querySelector(arguments[0] + ' .label-wrap').click();", page.uid("img2img", 1, "advanced"))
+    page.wait(lambda: visible("img2img", "mask_from_inpaint"), "the inpaint-mask checkbox")
+
+    def title_of(text: str) -> str:
+        return page.js(
+            "for (const el of document.querySelectorAll('#script_img2img_ipadapter_enabled span')) {"
+            "  if (el.textContent.trim() === arguments[0] && el.title) return el.title; }"
+            "return '';",
+            text,
+        )
+
+    assert "reference" in page.wait(lambda: title_of("Unit 1 use the img2img input as the reference"), "a hint")
+    assert "LoRA" in page.wait(lambda: title_of("Unit 1 FaceID LoRA strength"), "the LoRA strength hint")
