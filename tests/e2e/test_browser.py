@@ -221,15 +221,31 @@ def test_batch_folder_with_the_img2img_input_as_the_reference(page, webui, model
     first file, whose predecessor was another test's generation, is checked by its infotext only."""
     import base64
 
-    from .test_webui_http import generate, same_pixels, with_units
-    from .webui import pixels
-
     folder = tmp_path_factory.mktemp("batch")
     inputs, outputs = folder / "in", folder / "out"
     inputs.mkdir()
     sources = {f"input{i}": png_b64(64, seed=20 + i) for i in range(3)}
     for name, data in sources.items():
         (inputs / f"{name}.png").write_bytes(base64.b64decode(data))
+    # Forge names batch outputs after their input only with this option (A1111 always does)
+    options = webui.client.get("/sdapi/v1/options").json()
+    if "img2img_batch_use_original_name" in options:
+        answer = webui.client.post("/sdapi/v1/options", {"img2img_batch_use_original_name": True})
+        assert answer.status == 200, answer.text
+    try:
+        check_batch(page, webui, model, sources, inputs, outputs)
+    finally:
+        if "img2img_batch_use_original_name" in options:
+            original = {"img2img_batch_use_original_name": options["img2img_batch_use_original_name"]}
+            webui.client.post("/sdapi/v1/options", original)
+
+
+def check_batch(page, webui, model: str, sources: dict, inputs: Path, outputs: Path) -> None:
+    import base64
+
+    from .test_webui_http import generate, same_pixels, with_units
+    from .webui import pixels
+
     page.switch_tab("img2img")
     click_tab(page, "#mode_img2img", "Batch")
     click_tab(page, "#img2img_batch_source", "From directory")
@@ -241,13 +257,18 @@ def test_batch_folder_with_the_img2img_input_as_the_reference(page, webui, model
     page.choose(page.uid("img2img", 1, "model"), model)
     page.generate("img2img")
     page.wait(lambda: len(list(outputs.glob("*.png"))) == 3, "three images in the output folder")
-    for index, path in enumerate(sorted(outputs.glob("*.png"))):  # "00000-input2.png": in the batch's order
+
+    def source_name(path: Path) -> str:  # "00001-input1.png" (A1111), "input1.png" (Forge)
+        return next(name for name in sources if name in path.stem)
+
+    # the WebUI walks the input folder in name order: the outputs in the batch's order
+    for index, path in enumerate(sorted(outputs.glob("*.png"), key=source_name)):
         from PIL import Image
 
         with Image.open(path) as im:
             info = im.info.get("parameters", "")
         assert 'IP-Adapter 1: "model: ' + model in info and "images: init" in info, info
-        source = next(data for name, data in sources.items() if name in path.stem)  # "00001-input1.png"
+        source = sources[source_name(path)]
         settings = infotext_settings(info)
         payload = {"prompt": "", "negative_prompt": "", "init_images": [source], "width": 64, "height": 64,
                    "batch_size": 1, "n_iter": 1, **settings}  # fmt: skip
