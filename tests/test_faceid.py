@@ -50,6 +50,21 @@ def png_b64_of(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def count_detections(monkeypatch) -> dict[str, int]:
+    """``{"n": …}``: how many times a face is detected (the analyser's ``largest``) from now on."""
+    from ipadapter_ext.core.face import FaceAnalyser
+
+    calls = {"n": 0}
+    original = FaceAnalyser.largest
+
+    def counting(self, image):
+        calls["n"] += 1
+        return original(self, image)
+
+    monkeypatch.setattr(FaceAnalyser, "largest", counting)
+    return calls
+
+
 def unit(model: str, **fields) -> dict:
     return {"image": FACE, "model": model, "weight": 1.0, **fields}
 
@@ -88,17 +103,9 @@ def test_a_missing_face_pack_names_the_folder_and_files(faceid, tmp_path):
 
 
 def test_faces_are_detected_once_per_photo(faceid, monkeypatch):
-    from ipadapter_ext.core.face import FaceAnalyser
     from ipadapter_ext.host import a1111
 
-    calls = {"n": 0}
-    original = FaceAnalyser.largest
-
-    def counting(self, image):
-        calls["n"] += 1
-        return original(self, image)
-
-    monkeypatch.setattr(FaceAnalyser, "largest", counting)
+    calls = count_detections(monkeypatch)
     for _ in range(2):
         run_job(faceid.script, unit_args(unit("tiny-faceid-plus")), job(faceid.model, enable_hr=True))
     assert calls["n"] == 1 and len(a1111.engine().faces._found) == 1
@@ -124,7 +131,6 @@ def test_encode_route_embeds_reuse_the_face_without_detecting_again(faceid, monk
     from fastapi.testclient import TestClient
 
     from ipadapter_ext.api.routes import register_routes
-    from ipadapter_ext.core.face import FaceAnalyser
     from ipadapter_ext.host import a1111
     from ipadapter_ext.host.models import loaded_signature
     from tests.a1111_env import sd_model
@@ -135,14 +141,7 @@ def test_encode_route_embeds_reuse_the_face_without_detecting_again(faceid, monk
     answer = client.post("/ipadapter/v1/encode", json={"image": png_b64_of(FACE), "model": "tiny-faceid-plus"})
     assert answer.status_code == 200, answer.text
     embeds = answer.json()["embeds"]
-    calls = {"n": 0}
-    original = FaceAnalyser.largest
-
-    def counting(self, image):
-        calls["n"] += 1
-        return original(self, image)
-
-    monkeypatch.setattr(FaceAnalyser, "largest", counting)
+    calls = count_detections(monkeypatch)
     with_embeds = run_job(faceid.script, [{"model": "tiny-faceid-plus", "embeds": embeds}], job(faceid.model))
     with_image = run_job(faceid.script, [unit("tiny-faceid-plus", image=FACE)], job(faceid.model))
     assert calls["n"] == 0  # the photo's face was found by the encode call and is reused from the cache
