@@ -19,6 +19,7 @@ cfg 1 (distilled guidance) unless a test turns true CFG on. Images are 64×64, 3
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import WebUI
-from .test_webui_http import generate, same_pixels, txt2img_payload, unit, with_units
-from .webui import ADAPTER_FILE, FLUX_KEY, is_flux_checkpoint, pixels
+from .test_webui_http import REFERENCE, generate, same_pixels, txt2img_payload, unit, with_units
+from .test_webui_regions import half_mask
+from .webui import ADAPTER_FILE, FLUX_KEY, is_flux_checkpoint, pixels, png_b64
 
 FLUX_ADAPTER_FILE = "e2e-tiny-xlabs-flux.safetensors"
 ENCODER_EMBEDS = 40  # the image-embeds width of the suite's tiny CLIP encoder (tests/test_encoder.py TINY)
@@ -162,3 +164,51 @@ def test_sd_adapter_on_flux_is_a_422_and_the_next_request_works(webui: WebUI, fl
     detail = answer.json().get("detail")
     assert isinstance(detail, str) and "Flux" in detail, answer.text[:3000]
     assert same_pixels(generate(webui.client, flux_payload())[0], flux_baseline)
+
+
+def test_flux_start_end_window(webui: WebUI, flux: str, flux_baseline: str):
+    full = generate(webui.client, with_units(flux_payload(), unit(flux)))[0]
+    late = generate(webui.client, with_units(flux_payload(), unit(flux, start=0.5)))[0]
+    assert not same_pixels(late, flux_baseline), "a unit acting on the second half of the steps changed nothing"
+    assert not same_pixels(late, full), "start 0.5 gave the full-range image"
+
+
+def test_flux_mask_and_infotext(webui: WebUI, flux: str):
+    payload = flux_payload(width=96, height=64)
+    plain = generate(webui.client, payload)[0]
+    whole = generate(webui.client, with_units(payload, unit(flux)))[0]
+    answer = webui.client.post("/sdapi/v1/txt2img", with_units(payload, unit(flux, mask=half_mask(True))))
+    assert answer.status == 200, answer.text[:3000]
+    masked = answer.json()["images"][0]
+    assert not same_pixels(masked, plain) and not same_pixels(masked, whole)
+    info = json.loads(answer.json()["info"])["infotexts"][0]
+    assert "e2e-tiny-xlabs-flux" in info and "mask: yes" in info, info
+
+
+def test_flux_embeds_from_encode_equal_the_image(webui: WebUI, flux: str):
+    encoded = webui.client.post("/ipadapter/v1/encode", {"image": REFERENCE, "model": flux})
+    assert encoded.status == 200, encoded.text[:3000]
+    assert encoded.json()["tokens"] == 4
+    from_image = generate(webui.client, with_units(flux_payload(), unit(flux)))[0]
+    embeds_unit = {"model": flux, "weight": 0.8, "embeds": encoded.json()["embeds"]}
+    from_embeds = generate(webui.client, with_units(flux_payload(), embeds_unit))[0]
+    assert same_pixels(from_embeds, from_image)
+
+
+def test_flux_negative_image_acts_under_true_cfg_only(webui: WebUI, flux: str):
+    true_cfg = flux_payload(cfg_scale=3, negative_prompt="blurry")
+    negative = png_b64(80, seed=7)
+    zero_neg = generate(webui.client, with_units(true_cfg, unit(flux)))[0]
+    image_neg = generate(webui.client, with_units(true_cfg, unit(flux, negative_image=negative)))[0]
+    assert not same_pixels(image_neg, zero_neg), "a negative image did not change the uncond rows under true CFG"
+    distilled = generate(webui.client, with_units(flux_payload(), unit(flux)))[0]
+    distilled_neg = generate(webui.client, with_units(flux_payload(), unit(flux, negative_image=negative)))[0]
+    assert same_pixels(distilled_neg, distilled), "at cfg 1 (no uncond pass) the negative image changed the image"
+
+
+def test_flux_weight_type_is_a_422(webui: WebUI, flux: str):
+    answer = webui.client.post(
+        "/sdapi/v1/txt2img", with_units(flux_payload(), unit(flux, weight_type="style transfer"))
+    )
+    assert answer.status == 422, f"expected 422, got {answer.status}: {answer.text[:3000]}"
+    assert "Flux" in answer.json()["detail"], answer.text[:3000]
