@@ -151,20 +151,23 @@ def diffusers_out(model, x, sigma, context, y, guidance, ip_embeds=None) -> torc
     return unpack(out, h, w)
 
 
-def xlabs_tensors(tokens: int = 4, blocks: int = DOUBLE, seed: int = 0, embed: int = EMBED) -> dict[str, torch.Tensor]:
-    """A tiny adapter under XLabs' key names."""
+def xlabs_tensors(
+    tokens: int = 4, blocks: int = DOUBLE, seed: int = 0, embed: int = EMBED, txt: int = TXT, hidden: int = HIDDEN
+) -> dict[str, torch.Tensor]:
+    """A tiny adapter under XLabs' key names (``txt``: the text-token width, ``hidden``: the
+    transformer's; the e2e suite sizes them to a real checkpoint)."""
     g = torch.Generator().manual_seed(seed)
     out = {
-        "ip_adapter_proj_model.proj.weight": torch.randn(tokens * TXT, embed, generator=g) / embed**0.5,
-        "ip_adapter_proj_model.proj.bias": 0.1 * torch.randn(tokens * TXT, generator=g),
-        "ip_adapter_proj_model.norm.weight": 1 + 0.1 * torch.randn(TXT, generator=g),
-        "ip_adapter_proj_model.norm.bias": 0.1 * torch.randn(TXT, generator=g),
+        "ip_adapter_proj_model.proj.weight": torch.randn(tokens * txt, embed, generator=g) / embed**0.5,
+        "ip_adapter_proj_model.proj.bias": 0.1 * torch.randn(tokens * txt, generator=g),
+        "ip_adapter_proj_model.norm.weight": 1 + 0.1 * torch.randn(txt, generator=g),
+        "ip_adapter_proj_model.norm.bias": 0.1 * torch.randn(txt, generator=g),
     }
     for n in range(blocks):
         for kv in "kv":
             key = f"double_blocks.{n}.processor.ip_adapter_double_stream_{kv}_proj"
-            out[f"{key}.weight"] = torch.randn(HIDDEN, TXT, generator=g) / TXT**0.5
-            out[f"{key}.bias"] = 0.1 * torch.randn(HIDDEN, generator=g)
+            out[f"{key}.weight"] = torch.randn(hidden, txt, generator=g) / txt**0.5
+            out[f"{key}.bias"] = 0.1 * torch.randn(hidden, generator=g)
     return out
 
 

@@ -13,6 +13,9 @@
 Besides those it writes a ``.bin`` twin of the adapter and, on A1111, a tiny SDXL with its own
 adapter (``WEBUI_E2E_SDXL``, see ``extras.py`` and ``sdxl.py``).
 
+With a Flux checkpoint (Forge), the SD tests skip and ``test_webui_flux.py`` runs (the tiny SD adapter
+is then SD1.5-sized; it is the one an SD-on-Flux request must refuse).
+
 ``WEBUI_URL`` wins when both are set. With neither, every test is skipped with ``ENABLE_HINT``.
 Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT`` (s, default 300),
 ``WEBUI_REQUEST_TIMEOUT`` (s, default 300), ``WEBUI_CONTROLNET_MODEL``.
@@ -29,7 +32,16 @@ from pathlib import Path
 import pytest
 
 from .extras import ExtraModels, write_extra_models
-from .webui import ADAPTER_FILE, ENABLE_HINT, Client, WebUIProcess, find_checkpoint, link_extension, write_tiny_models
+from .webui import (
+    ADAPTER_FILE,
+    ENABLE_HINT,
+    Client,
+    WebUIProcess,
+    find_checkpoint,
+    is_flux_checkpoint,
+    link_extension,
+    write_tiny_models,
+)
 
 
 @dataclass
@@ -90,6 +102,10 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
 @pytest.fixture(scope="session")
 def model(webui: WebUI) -> str:
     """The IP-Adapter model name the units use, checked to fit the loaded checkpoint."""
+    if webui.checkpoint is not None and is_flux_checkpoint(webui.checkpoint):
+        pytest.skip(
+            f"{webui.checkpoint.name} is a Flux checkpoint: the SD tests need an SD one (test_webui_flux.py runs)"
+        )
     answer = webui.client.get("/ipadapter/v1/models?refresh=true")
     assert answer.status == 200, answer.text
     models = answer.json()["models"]

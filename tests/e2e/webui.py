@@ -167,14 +167,30 @@ def checkpoint_attn2(path: Path) -> tuple[int, tuple[int, ...]]:
     return contexts.pop(), tuple(shapes[slot.name][0] for slot in slots)
 
 
+#: SD1.5's (context width, attn2 widths in adapter key order): the tiny SD adapter's size when the
+#: checkpoint is a Flux, where it only has to be a valid SD adapter (test_webui_flux.py expects a 422)
+SD15_ATTN2 = (768, (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320))
+
+FLUX_KEY = "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"
+
+
+def is_flux_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a Flux transformer (the key Forge's loader tests), read without loading it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return FLUX_KEY in set(f.keys())
+
+
 def write_tiny_models(root: Path, checkpoint: Path) -> list[Path]:
-    """A random resampler ("plus") adapter sized to ``checkpoint`` and a tiny CLIP vision encoder,
-    written (atomically) under the install's ``models/``. Returns the paths written."""
+    """A random resampler ("plus") adapter sized to ``checkpoint`` (to SD1.5 when it is a Flux) and
+    a tiny CLIP vision encoder, written (atomically) under the install's ``models/``. Returns the
+    paths written."""
     from ipadapter_ext.core.load.formats import save_adapter_tensors
     from tests.factories import adapter_shapes, adapter_tensors
     from tests.test_encoder import _save, _tiny_model
 
-    ctx, widths = checkpoint_attn2(checkpoint)
+    ctx, widths = SD15_ATTN2 if is_flux_checkpoint(checkpoint) else checkpoint_attn2(checkpoint)
     adapter = root / "models" / "ipadapter" / ADAPTER_FILE
     encoder = root / "models" / "clip_vision" / ENCODER_FILE
     for path in (adapter, encoder):
