@@ -259,3 +259,21 @@ def test_an_unexpected_failure_while_preparing_stops_the_generation_with_its_nam
     assert no_hooks_left(webui.unet)
     monkeypatch.undo()
     assert run_job(webui.script, unit_args(PLUS), job(webui.model)) is not None
+
+
+def test_loading_models_leaves_the_global_generator_alone(webui):
+    """The WebUI seeds torch's global generator per generation and keeps drawing from it
+    (ancestral samplers, img2img's VAE sample): a load on the first use of a model must not move
+    it, or that generation would differ from the same seed afterwards."""
+    from ipadapter_ext.core.engine import UnitRequest
+    from tests.a1111_env import sd_model
+
+    model = sd_model(webui.unet)
+    _, _, signature = a1111.unet_layout(model)
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    job = a1111.engine().prepare(
+        [UnitRequest(1, [image(1)], "tiny-plus")], signature, a1111.placement(model, webui.unet)
+    )
+    assert job.units and a1111.engine().loaded._items  # the adapter and encoder were loaded just now
+    assert torch.equal(torch.random.get_rng_state(), before)

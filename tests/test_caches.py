@@ -11,7 +11,6 @@ from ipadapter_ext.core.attend.kv import UnitKV
 from ipadapter_ext.core.encode.cache import EmbeddingCache, image_digest
 from ipadapter_ext.core.encode.encoder import ClipVisionEncoder
 from ipadapter_ext.core.encode.references import encode_references
-from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.load.adapter import IPAdapterModel
 from ipadapter_ext.core.project.projections import EncodedImages
 from tests.factories import SD15_WIDTHS, adapter_shapes, adapter_tensors, tiny_widths
@@ -98,21 +97,3 @@ def test_kv_computed_once_and_laid_out_per_row(monkeypatch):
             )
             assert torch.equal(v[2], v[0])  # two cond rows: the same stored row, copied
     assert kv.rows(0, (True, False, True))[0] is kv.rows(0, (1, 0, 1))[0]  # cached layout
-
-
-def test_loading_models_leaves_the_global_generator_alone(webui):
-    """The WebUI seeds torch's global generator per generation and keeps drawing from it
-    (ancestral samplers, img2img's VAE sample): a load on the first use of a model must not move
-    it, or that generation would differ from the same seed afterwards."""
-    from ipadapter_ext.host import a1111
-    from tests.a1111_env import image, sd_model
-
-    model = sd_model(webui.unet)
-    _, _, signature = a1111.unet_layout(model)
-    torch.manual_seed(1234)
-    before = torch.random.get_rng_state()
-    job = a1111.engine().prepare(
-        [UnitRequest(1, [image(1)], "tiny-plus")], signature, a1111.placement(model, webui.unet)
-    )
-    assert job.units and a1111.engine().loaded._items  # the adapter and encoder were loaded just now
-    assert torch.equal(torch.random.get_rng_state(), before)
