@@ -23,23 +23,48 @@ def onnxruntime_present() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def faceid_models(folders: Iterable[Path]) -> list[Path]:
-    """The FaceID-family files in ``folders``, recognised from their tensors (headers only)."""
-    from .core.load.detect import EncoderOutput, detect_adapter
-    from .core.load.formats import MODEL_SUFFIXES, read_shapes
+def tensor_names(path: Path) -> set[str]:
+    """The tensor names in an adapter file, without torch (``install.py`` runs at every WebUI start):
+    a safetensors header, or the strings of a zip-format pickle, read as data and never executed."""
+    import json
+    import pickletools
+    import struct
+    import zipfile
 
+    if path.suffix.lower() == ".safetensors":
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            return set(json.loads(f.read(size)))
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        data = archive.read(name)
+    return {arg for op, arg, _ in pickletools.genops(data) if "UNICODE" in op.name and isinstance(arg, str)}
+
+
+def is_faceid(names: set[str]) -> bool:
+    """FaceID, FaceID-Plus (v2) and Portrait, from key names: their LoRA keys, or the FaceID MLP
+    (``proj.0``/``proj.2`` with a ``norm``, unlike full-face's ``proj.3``), with or without the
+    Plus perceiver."""
+    if any("_lora." in n for n in names):
+        return True
+    keys = {n.split("image_proj.", 1)[-1] for n in names}
+    return {"proj.0.weight", "proj.2.weight", "norm.weight"} <= keys and "proj.3.weight" not in keys
+
+
+def faceid_models(folders: Iterable[Path]) -> list[Path]:
+    """The FaceID-family files in ``folders`` (``.safetensors`` and zip-format ``.bin``)."""
     found = []
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in MODEL_SUFFIXES:
+            if path.suffix.lower() not in (".safetensors", ".bin"):
                 continue
             try:
-                info = detect_adapter(read_shapes(path))
-            except Exception:  # not an adapter, or unreadable: the model list reports it
+                names = tensor_names(path)
+            except Exception:  # not an adapter, a legacy pickle, unreadable: the model list reports it
                 continue
-            if info.encoder.output in (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE):
+            if is_faceid(names):
                 found.append(path)
     return found
 

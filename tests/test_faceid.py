@@ -3,6 +3,8 @@ embedding (and FaceID-Plus's aligned crop through CLIP), errors naming the unit 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -193,6 +195,16 @@ def test_onnxruntime_is_installed_only_for_faceid(faceid, tmp_path, monkeypatch)
     (empty / "ipadapter").mkdir(parents=True)
     assert face_setup.install_reason(empty, {}) is None
     assert face_setup.install_reason(empty, {"IPADAPTER_FACEID": "1"}) == "IPADAPTER_FACEID=1"
+    # install.py runs at every WebUI start: the scan reads headers and pickle strings, never torch
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from ipadapter_ext.face_setup import faceid_models; "
+        f"found = faceid_models([Path({str(models / 'ipadapter')!r})]); print(len(found), 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.stdout.split() == ["3", "False"], result.stderr
 
 
 def test_the_info_line_says_what_a_faceid_model_needs(faceid, tmp_path):
