@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import ipadapter_ext.download as dl
+import ipadapter_ext.download_cli as dl_cli
 from ipadapter_ext.core.errors import IPAdapterError
 from ipadapter_ext.core.load.known_models import FOLDERS, KNOWN_MODELS, OFFICIAL_REPOS, KnownModel, find_known_model
 
@@ -331,7 +332,7 @@ def test_cli_unknown_name_fails_and_lists_the_known_ones(capsys, tmp_path):
 
 
 def test_cli_downloads_into_the_folder_for_its_kind(server, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(dl, "KNOWN_MODELS", (make_model(), make_model(name="enc.safetensors", kind="encoder")))
+    monkeypatch.setattr(dl_cli, "KNOWN_MODELS", (make_model(), make_model(name="enc.safetensors", kind="encoder")))
     argv = ["test-adapter.safetensors", "--models-dir", str(tmp_path), "--base-url", server.base_url]
     assert dl.main(argv) == 0
     assert (tmp_path / "ipadapter" / "test-adapter.safetensors").read_bytes() == PAYLOAD
@@ -345,7 +346,7 @@ def test_cli_downloads_into_the_folder_for_its_kind(server, monkeypatch, capsys,
 
 
 def test_cli_failure_exits_non_zero_with_the_reason(server, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(dl, "KNOWN_MODELS", (make_model(sha256=sha(b"x")),))
+    monkeypatch.setattr(dl_cli, "KNOWN_MODELS", (make_model(sha256=sha(b"x")),))
     rc = dl.main(["test-adapter.safetensors", "--dir", str(tmp_path), "--base-url", server.base_url])
     assert rc == 1
     assert "SHA-256 mismatch" in capsys.readouterr().err
@@ -353,6 +354,6 @@ def test_cli_failure_exits_non_zero_with_the_reason(server, monkeypatch, capsys,
 
 
 def test_cli_needs_a_destination_outside_a_webui(monkeypatch, capsys):
-    monkeypatch.setattr(dl, "_default_models_dir", lambda: None)
+    monkeypatch.setattr(dl_cli, "_default_models_dir", lambda: None)
     assert dl.main(["ip-adapter_sd15.safetensors"]) == 2
     assert "--models-dir" in capsys.readouterr().err
