@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipadapter_ext.host import forge_flux
-from tests.flux_env import load_into_diffusers, set_diffusers_scales
 from tests.test_flux import ATOL, FORGE_DOUBLES, RTOL, Setup
+from tests.test_flux import test_one_unit_equals_diffusers as test_forge_flux_one_unit_equals_diffusers  # noqa: F401
+from tests.test_flux import test_patches_leave_with_the_clone as test_forge_flux_patches_leave_with_the_clone  # noqa: F401
+from tests.test_flux import test_true_cfg_uncond_rows_get_the_negative_projection as test_forge_flux_true_cfg  # noqa: F401
+from tests.test_flux import test_two_units_add as test_forge_flux_two_units_add  # noqa: F401
 
 FORGE_ROOT = os.environ.get("FORGE_ROOT", "")
 FLUX_FILE = Path(FORGE_ROOT) / "backend" / "nn" / "flux.py"
@@ -49,8 +51,10 @@ def _utils_module() -> types.ModuleType:
 
 
 @pytest.fixture
-def forge_source(monkeypatch):
-    """``backend.nn.flux`` is Forge's file for this test; the rest of ``backend`` the doubles'."""
+def doubles(monkeypatch):
+    """``backend.nn.flux`` is Forge's file for this module's tests; the rest of ``backend`` the
+    doubles'. Named as ``test_flux.py``'s fixture, so its math tests imported below run here on
+    Forge's transformer instead of the double."""
     monkeypatch.syspath_prepend(FORGE_DOUBLES)
     for name in ("backend.attention", "backend.nn"):  # the doubles, imported before Forge's file asks for them
         importlib.import_module(name)
@@ -63,59 +67,13 @@ def forge_source(monkeypatch):
     return module
 
 
-def test_forge_source_is_loaded(forge_source, tmp_path):
+def test_forge_source_is_loaded(doubles, tmp_path):
     s = Setup(tmp_path)
-    assert (
-        type(s.double).__module__ == "backend.nn.flux"
-        and type(s.double) is forge_source.IntegratedFluxTransformer2DModel
-    )
+    assert type(s.double).__module__ == "backend.nn.flux" and type(s.double) is doubles.IntegratedFluxTransformer2DModel
     assert Path(sys.modules[type(s.double).__module__].__file__) == FLUX_FILE
 
 
-def test_forge_flux_without_units_equals_diffusers(forge_source, tmp_path):
+def test_forge_flux_without_units_equals_diffusers(doubles, tmp_path):
     s = Setup(tmp_path)
     cond, _ = s.run(None)
     torch.testing.assert_close(cond, s.oracle(None), rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("weight", [1.0, 0.6, 0.0])
-def test_forge_flux_one_unit_equals_diffusers(forge_source, tmp_path, weight):
-    s = Setup(tmp_path)
-    load_into_diffusers(s.reference, s.paths, [weight])
-    cond, _ = s.run([s.unit(0, weight)])
-    torch.testing.assert_close(cond, s.oracle(s.embeds), rtol=RTOL, atol=ATOL)
-    baseline, _ = s.run(None)
-    if weight == 0:
-        assert torch.equal(cond, baseline)
-    else:
-        assert (cond - baseline).abs().max() > 1e-3
-
-
-def test_forge_flux_true_cfg_uncond_rows_get_the_negative_projection(forge_source, tmp_path):
-    s = Setup(tmp_path, batch=2)
-    load_into_diffusers(s.reference, s.paths, [0.8])
-    s.embeds = [torch.cat([e[:1], e[:1]]) for e in s.embeds]
-    cond, uncond = s.run([s.unit(0, 0.8)], uncond=True)
-    torch.testing.assert_close(cond, s.oracle(s.embeds), rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(uncond, s.oracle([b.expand(2, -1) for b in s.black], "uncond"), rtol=RTOL, atol=ATOL)
-
-
-def test_forge_flux_two_units_add(forge_source, tmp_path):
-    s = Setup(tmp_path, n_adapters=2)
-    load_into_diffusers(s.reference, s.paths, [0.7, 1.2])
-    cond, _ = s.run([s.unit(0, 0.7), s.unit(1, 1.2)])
-    torch.testing.assert_close(cond, s.oracle(s.embeds), rtol=RTOL, atol=ATOL)
-    set_diffusers_scales(s.reference, [0.7, 0.0])
-    cond, _ = s.run([s.unit(0, 0.7), s.unit(1, 0.0)])
-    torch.testing.assert_close(cond, s.oracle(s.embeds), rtol=RTOL, atol=ATOL)
-
-
-def test_forge_flux_patches_leave_with_the_clone(forge_source, tmp_path):
-    s = Setup(tmp_path)
-    baseline, _ = s.run(None)
-    patched, _ = s.run([s.unit(0, 1.0)])
-    after, _ = s.run(None)
-    assert torch.equal(after, baseline) and not torch.equal(patched, baseline)
-    block = s.double.double_blocks[0]
-    assert not isinstance(block.forward, forge_flux.FluxBlockPatch)
-    assert not isinstance(block.img_attn.norm.forward, forge_flux.QueryTap)
