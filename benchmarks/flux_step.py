@@ -42,7 +42,7 @@ from backend.nn.flux import DoubleStreamBlock, EmbedND  # noqa: E402
 
 from ipadapter_ext.core.attend.attention import ImageKV  # noqa: E402
 from ipadapter_ext.core.attend.flux import add_flux_image_term  # noqa: E402
-from ipadapter_ext.host.forge_flux import FluxBlockPatch, QueryTap, _Call, _Query  # noqa: E402
+from ipadapter_ext.host.forge.flux import FluxBlockPatch, QueryTap, _Call, _Query  # noqa: E402
 
 HIDDEN, HEADS, CTX = 3072, 24, 4096
 AXES = (16, 56, 56)

@@ -91,7 +91,7 @@ def test_forge_maps_and_unchanged_images(env):  # noqa: F811
 
 def test_rows_are_told_their_image_on_both_hosts():
     from ipadapter_ext.core.job import row_images
-    from ipadapter_ext.host.forge_patch import row_images as forge_row_images
+    from ipadapter_ext.host.forge.attn2_patch import row_images as forge_row_images
 
     assert row_images(2, 4) == (0, 1, None, None)  # two images: cond rows, then uncond rows
     assert row_images(3, 5) == (0, 0, 1, None, None)  # image 0 with an AND prompt (two cond rows)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import ipadapter_ext.download as dl
-import ipadapter_ext.download_cli as dl_cli
+import ipadapter_ext.download.cli as dl_cli
 from ipadapter_ext.core.errors import IPAdapterError
 from ipadapter_ext.core.load.known_models import FOLDERS, KNOWN_MODELS, OFFICIAL_REPOS, KnownModel, find_known_model
 
@@ -304,7 +304,7 @@ def test_known_model_rejects_a_malformed_hash():
 
 # -- command line -----------------------------------------------------------------------------
 def test_cli_list_prints_every_known_model(capsys, tmp_path):
-    assert dl.main(["--list", "--models-dir", str(tmp_path)]) == 0
+    assert dl_cli.run(["--list", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for m in KNOWN_MODELS:
         line = next(li for li in out.splitlines() if li.startswith(m.name + " "))
@@ -325,7 +325,7 @@ def test_cli_list_runs_as_a_module():
 
 
 def test_cli_unknown_name_fails_and_lists_the_known_ones(capsys, tmp_path):
-    assert dl.main(["no-such-model.bin", "--models-dir", str(tmp_path)]) == 2
+    assert dl_cli.run(["no-such-model.bin", "--models-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no-such-model.bin" in err and "ip-adapter_sd15.safetensors" in err
     assert list(tmp_path.iterdir()) == []
@@ -334,20 +334,20 @@ def test_cli_unknown_name_fails_and_lists_the_known_ones(capsys, tmp_path):
 def test_cli_downloads_into_the_folder_for_its_kind(server, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(dl_cli, "KNOWN_MODELS", (make_model(), make_model(name="enc.safetensors", kind="encoder")))
     argv = ["test-adapter.safetensors", "--models-dir", str(tmp_path), "--base-url", server.base_url]
-    assert dl.main(argv) == 0
+    assert dl_cli.run(argv) == 0
     assert (tmp_path / "ipadapter" / "test-adapter.safetensors").read_bytes() == PAYLOAD
     assert "downloaded" in capsys.readouterr().out
-    assert dl.main(argv) == 0  # second run: present, hash checked, nothing fetched
+    assert dl_cli.run(argv) == 0  # second run: present, hash checked, nothing fetched
     assert "already present" in capsys.readouterr().out
     assert len(server.requests) == 1
 
-    assert dl.main(["enc.safetensors", "--models-dir", str(tmp_path), "--base-url", server.base_url]) == 0
+    assert dl_cli.run(["enc.safetensors", "--models-dir", str(tmp_path), "--base-url", server.base_url]) == 0
     assert (tmp_path / "clip_vision" / "enc.safetensors").read_bytes() == PAYLOAD
 
 
 def test_cli_failure_exits_non_zero_with_the_reason(server, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(dl_cli, "KNOWN_MODELS", (make_model(sha256=sha(b"x")),))
-    rc = dl.main(["test-adapter.safetensors", "--dir", str(tmp_path), "--base-url", server.base_url])
+    rc = dl_cli.run(["test-adapter.safetensors", "--dir", str(tmp_path), "--base-url", server.base_url])
     assert rc == 1
     assert "SHA-256 mismatch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -355,5 +355,5 @@ def test_cli_failure_exits_non_zero_with_the_reason(server, monkeypatch, capsys,
 
 def test_cli_needs_a_destination_outside_a_webui(monkeypatch, capsys):
     monkeypatch.setattr(dl_cli, "_default_models_dir", lambda: None)
-    assert dl.main(["ip-adapter_sd15.safetensors"]) == 2
+    assert dl_cli.run(["ip-adapter_sd15.safetensors"]) == 2
     assert "--models-dir" in capsys.readouterr().err

@@ -210,7 +210,7 @@ def test_onnxruntime_is_installed_only_for_faceid(faceid, tmp_path, monkeypatch)
 def test_the_info_line_says_what_a_faceid_model_needs(faceid, tmp_path):
     import shutil
 
-    from ipadapter_ext.host.a1111_ui import ui_hooks
+    from ipadapter_ext.host.page import ui_hooks
 
     describe = ui_hooks().describe
     assert "face pack: buffalo_l" in describe("tiny-faceid", "auto")

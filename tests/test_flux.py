@@ -20,8 +20,8 @@ from ipadapter_ext.core.load.detect import detect_adapter
 from ipadapter_ext.core.load.formats import AdapterTensors, save_adapter_tensors, split_adapter
 from ipadapter_ext.core.load.registry import ModelRegistry
 from ipadapter_ext.core.project.projections import EncodedImages
-from ipadapter_ext.host import forge_flux
-from ipadapter_ext.host.forge_patch import ForgeRun, StepClock
+from ipadapter_ext.host.forge import flux as forge_flux
+from ipadapter_ext.host.forge.attn2_patch import ForgeRun, StepClock
 from tests.factories import adapter_shapes
 from tests.flux_env import (
     DOUBLE,

@@ -15,7 +15,8 @@ from modules import script_callbacks
 from ipadapter_ext.core.attend.weights import WeightType
 from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IPAdapterError
-from ipadapter_ext.host import a1111, common, forge, forge_patch
+from ipadapter_ext.host import a1111, common, forge
+from ipadapter_ext.host.forge import attn2_patch as forge_patch
 from tests.a1111_env import CTX, PLUS, attn2_widths, image, make_webui, sd_model, unit_args
 from tests.doubles.forge_backend import forge_unet_forward, unet_patcher
 from tests.doubles.forge_sampling import ForgeModel, ForgeProcessing, run_forge_job

@@ -17,7 +17,8 @@ from ipadapter_ext.core.encode.preprocess import CLIP_MEAN, CLIP_STD
 from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IncompatibleModelError, IPAdapterError
 from ipadapter_ext.core.project.projections import EncodedImages
-from ipadapter_ext.host import common, forge, forge_flux
+from ipadapter_ext.host import common, forge
+from ipadapter_ext.host.forge import flux as forge_flux
 from tests.a1111_env import image, make_webui
 from tests.flux_env import POOLED, TXT, save_xlabs, twin_models
 

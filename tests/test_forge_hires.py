@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ipadapter_ext.host import common, forge, forge_patch
+from ipadapter_ext.host import common, forge
+from ipadapter_ext.host.forge import attn2_patch as forge_patch
 from tests.a1111_env import PLUS, unit_args
 from tests.doubles.forge_sampling import run_forge_job
 from tests.test_forge import REQUESTS, env, job, patched  # noqa: F401 (env is a fixture)

@@ -1,5 +1,11 @@
-"""Host glue. ``select()`` picks the module for the WebUI this runs in, so that
-``scripts/ipadapter.py`` is one file for both hosts."""
+"""Host glue. ``select()`` picks the package for the WebUI family this runs in, so that
+``scripts/ipadapter.py`` is one file for every host.
+
+One sub-package per host family (``a1111/``, ``forge/``), with what they share beside them
+(``common``, ``models``, ``unet``, ``page``, ``settings``, the img2img inputs). Each family package
+exposes ``FAMILY``, ``build_ui``, ``process``, ``before_sampling``, ``postprocess`` and
+``register_callbacks``.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,7 @@ def is_forge() -> bool:
 
 
 def select() -> ModuleType:
-    """``host.forge`` on Forge, ``host.a1111`` otherwise; both expose ``build_ui``, ``process``,
-    ``before_sampling``, ``postprocess`` and ``register_callbacks``."""
+    """``host.forge`` on Forge, ``host.a1111`` otherwise."""
     if is_forge():
         from . import forge
 

@@ -2,8 +2,8 @@
 infotext, errors raised from the sampler (HTTP 422 for API requests), the once-per-generation
 console lines, and the callbacks for settings, routes and the X/Y/Z plot.
 
-Only how the image term reaches the UNet differs: torch hooks on A1111 (``a1111.py``), attn2
-replace patches on Forge (``forge.py``). Keeping the rest here means a unit behaves the same,
+Only how the image term reaches the UNet differs: torch hooks on A1111 (``a1111/``), attn2
+replace patches on Forge (``forge/``). Keeping the rest here means a unit behaves the same,
 logs the same and fails the same way on either host.
 """
 
@@ -26,7 +26,7 @@ from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .img2img_inputs import resolve as resolve_img2img
 from .inpaint_area import follow_inpaint_area
-from .models import _current_placement, engine, loaded_signature, model_hash
+from .models import cache_size_changed, engine, folders_changed, loaded_signature, model_hash
 from .settings import opt, register_settings
 
 log = logging.getLogger("ipadapter")
@@ -244,7 +244,7 @@ def step_progress(params: Any) -> float:
     return step / total
 
 
-def register_common(script_callbacks: Any) -> None:
+def register_common(script_callbacks: Any, current_placement: Callable[[], Any]) -> None:
     """Settings, HTTP routes and X/Y/Z axes: the same on both hosts.
 
     Settings and axes are registered right now, at script load, not in ``on_ui_settings`` /
@@ -256,8 +256,15 @@ def register_common(script_callbacks: Any) -> None:
     few axis objects whose model list is read lazily) and idempotent. The plot script, a built-in
     script, is loaded before extensions; ``on_before_ui`` stays for one loaded after this one.
     """
-    register_settings()
-    script_callbacks.on_app_started(_app_started, name="ipadapter_routes")
+    register_settings(folders_changed, cache_size_changed)
+
+    def app_started(_demo: Any, app: Any) -> None:
+        from ..api.routes import register_routes
+
+        register_routes(app, engine, loaded_signature, current_placement)
+        install_bare_unit(app)
+
+    script_callbacks.on_app_started(app_started, name="ipadapter_routes")
     register_xyz()
     if hasattr(script_callbacks, "on_before_ui"):
         script_callbacks.on_before_ui(register_xyz, name="ipadapter_xyz_axes")
@@ -266,10 +273,3 @@ def register_common(script_callbacks: Any) -> None:
 def register_xyz() -> None:
     """The IP-Adapter axes of the X/Y/Z plot script (idempotent; nothing when it is not loaded)."""
     register_xyz_axes(lambda: [e.name for e in engine().registry.adapters() if e.info is not None])
-
-
-def _app_started(_demo: Any, app: Any) -> None:
-    from ..api.routes import register_routes
-
-    register_routes(app, engine, loaded_signature, _current_placement)
-    install_bare_unit(app)

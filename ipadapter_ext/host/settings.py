@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..schema import DEFAULTS, WEIGHT_RANGE
@@ -15,7 +16,11 @@ def opt(name: str, default: Any) -> Any:
     return getattr(shared.opts, name, default)
 
 
-def register_settings() -> None:
+def register_settings(
+    on_folders_changed: Callable[[], None] | None = None, on_cache_size_changed: Callable[[], None] | None = None
+) -> None:
+    """Add the section's options. The callbacks are what the model state does when folders or the
+    cache size change (passed in, so this module needs nothing of the model state)."""
     import gradio as gr
     from modules import shared
 
@@ -31,9 +36,9 @@ def register_settings() -> None:
     add("ipadapter_units", 3, "Number of IP-Adapter units (restart the UI to apply)", gr.Slider,
         {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
     add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)",
-        onchange=_folders_changed)  # fmt: skip
+        onchange=on_folders_changed)  # fmt: skip
     add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
-        {"minimum": 0, "maximum": 256, "step": 1}, onchange=_cache_size_changed)  # fmt: skip
+        {"minimum": 0, "maximum": 256, "step": 1}, onchange=on_cache_size_changed)  # fmt: skip
     add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
         gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
     add(
@@ -84,17 +89,3 @@ def _extend_frozen_options_schema(keys: list[str]) -> None:
         fields[key] = (Optional[kind], pydantic.Field(default=info.default, description=info.label))  # noqa: UP045 (pydantic 1 needs Optional)
     if fields:
         models.OptionsModel = pydantic.create_model("Options", __base__=base, **fields)
-
-
-def _cache_size_changed() -> None:
-    from .models import _EngineHolder
-
-    if _EngineHolder.engine is not None:
-        _EngineHolder.engine.embeddings.resize(int(opt("ipadapter_cache_size", 32)))
-
-
-def _folders_changed() -> None:
-    """New folders: the registry is rebuilt on next use (loaded models and embeddings go too)."""
-    from .models import _EngineHolder
-
-    _EngineHolder.reset()

@@ -18,7 +18,7 @@ under the patcher's model):
 Forge applies object patches when it loads the clone for sampling and restores the originals when
 another clone of the same model is loaded, so the next request without a unit runs the original
 methods: the clone owns the lifetime and nothing needs removing. Step/start/end, rows, masks and
-K/V placement are :class:`~.forge_patch.ForgeRun`'s, as on SD.
+K/V placement are :class:`~.attn2_patch.ForgeRun`'s, as on SD.
 """
 
 from __future__ import annotations
@@ -28,25 +28,12 @@ from typing import Any
 
 import torch
 
-from ..core.attend.flux import add_flux_image_term
-from ..core.load.compat import UNetSignature
-from .forge_patch import ForgeRun, KVModule
+from ...core.attend.flux import add_flux_image_term
+from ..unet import FLUX_LABEL, flux_signature, is_flux
+from .attn2_patch import ForgeRun, KVModule
 
-FLUX_LABEL = "Flux"
 _BLOCK = "diffusion_model.double_blocks.{}"
-
-
-def is_flux(diffusion_model: Any) -> bool:
-    """Forge's ``IntegratedFluxTransformer2DModel`` (or anything shaped like it): double- and
-    single-stream blocks and a text input projection. Forge sets no ``is_flux`` flag."""
-    return all(hasattr(diffusion_model, a) for a in ("double_blocks", "single_blocks", "txt_in"))
-
-
-def flux_signature(diffusion_model: Any) -> UNetSignature:
-    """What the checks compare an adapter with: text width, and the hidden width per double block."""
-    blocks = len(diffusion_model.double_blocks)
-    hidden = int(diffusion_model.hidden_size)
-    return UNetSignature(int(diffusion_model.txt_in.in_features), (hidden,) * blocks, FLUX_LABEL, arch="flux")
+__all__ = ["FLUX_LABEL", "flux_signature", "is_flux", "patched_clone", "register_flux_patches"]
 
 
 @dataclass

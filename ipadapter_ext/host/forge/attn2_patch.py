@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.attend.attention import ImageKV, add_image_attention
-from ..core.job import PreparedUnit, layer_terms
+from ...core.attend.attention import ImageKV, add_image_attention
+from ...core.job import PreparedUnit, layer_terms
 
 log = logging.getLogger("ipadapter")
 

@@ -14,7 +14,7 @@ Lifetime, per generation:
 * ``on_cfg_denoiser`` reports each step's sigma and step fraction to the patches.
 * A unit that cannot apply raises when sampling starts (HTTP 422 for the API), as on A1111.
 * Flux (XLabs adapters): the same, with object patches on the double blocks and a unet function
-  wrapper instead of attn2 patches (``forge_flux.py``).
+  wrapper instead of attn2 patches (``flux.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import forge_flux
-from .a1111_ui import build_ui, download_models
-from .common import (
+from ..common import (
     StateBase,
     append_faces,
     append_maps,
@@ -33,14 +31,14 @@ from .common import (
     new_state,
     prepare_or_record,
     register_common,
-    register_xyz,
     step_progress,
     wrap_sampler,
 )
-from .forge_patch import Attn2Patch, ForgeRun, KVModule, StepClock
-from .models import attn2_slots, engine, forge_placement, model_signature
-
-__all__ = ["build_ui", "download_models", "engine", "register_xyz"]
+from ..models import engine
+from ..unet import attn2_slots, is_flux, model_signature
+from . import flux as forge_flux
+from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
+from .placement import current_placement, forge_placement
 
 BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's patch class
 
@@ -57,7 +55,7 @@ class ForgeState(StateBase):
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
-        flux = forge_flux.is_flux(patcher.model.diffusion_model)
+        flux = is_flux(patcher.model.diffusion_model)
         signature = model_signature(sd_model)
         place = forge_placement(patcher)
         key = (signature, place.device, place.dtype)
@@ -168,4 +166,4 @@ def register_callbacks() -> None:
     from modules import script_callbacks
 
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="ipadapter_cfg_denoiser")
-    register_common(script_callbacks)
+    register_common(script_callbacks, current_placement)

@@ -1,5 +1,5 @@
 """AUTOMATIC1111 glue for one generation (``host/`` is the only package that reads WebUI internals;
-settings, models and the UI live in the modules beside this one).
+settings, models and the UI are shared by every host family and live beside this package).
 
 Lifetime of the hooks, per generation:
 
@@ -21,13 +21,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.engine import Placement
-from ..core.errors import IPAdapterError
-from ..core.job import Job
-from ..core.load.compat import check_unet
-from ..interop.controlnet import coexistence_note
-from .a1111_ui import build_ui, download_models
-from .common import (
+from ...core.errors import IPAdapterError
+from ...core.job import Job
+from ...core.load.compat import check_unet
+from ...interop.controlnet import coexistence_note
+from ..common import (
     StateBase,
     append_faces,
     append_maps,
@@ -36,24 +34,12 @@ from .common import (
     new_state,
     prepare_or_record,
     register_common,
-    register_xyz,
     step_progress,
     wrap_sampler,
 )
-from .models import _EngineHolder, engine, loaded_signature, placement, unet_layout
-
-__all__ = [
-    "Placement",
-    "_EngineHolder",
-    "build_ui",
-    "download_models",
-    "engine",
-    "loaded_signature",
-    "placement",
-    "register_xyz",
-    "unet_layout",
-]
-
+from ..models import engine
+from ..unet import unet_layout
+from .placement import current_placement, placement
 
 # -- per-job state ----------------------------------------------------------------------------
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()  # only for sweeping; holds nothing alive
@@ -159,4 +145,4 @@ def register_callbacks() -> None:
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="ipadapter_cfg_denoiser")
     script_callbacks.on_model_loaded(lambda _m: sweep(), name="ipadapter_model_loaded")
     script_callbacks.on_script_unloaded(sweep, name="ipadapter_unloaded")
-    register_common(script_callbacks)
+    register_common(script_callbacks, current_placement)

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.load.known_models import KNOWN_MODELS, KnownModel
-from .download import DEFAULT_BASE_URL, DownloadError, Progress, _download, target_dir
+from ..core.load.known_models import KNOWN_MODELS, KnownModel
+from . import DEFAULT_BASE_URL, DownloadError, Progress, _download, target_dir
 
 
 def _default_models_dir() -> Path | None:

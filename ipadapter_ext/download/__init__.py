@@ -20,15 +20,14 @@ import hashlib
 import http.client
 import os
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from .core.errors import IPAdapterError
-from .core.load.known_models import KnownModel
+from ..core.errors import IPAdapterError
+from ..core.load.known_models import KnownModel
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 CHUNK_SIZE = 1 << 20
@@ -284,17 +283,3 @@ def _finish(model: KnownModel, part: Path, final: Path, expected_hash: str) -> N
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-# -- command line -----------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (``python -m ipadapter_ext.download``), in :mod:`.download_cli`."""
-    from .download_cli import run
-
-    return run(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The accordion inside the WebUI: components, info line, paste fields, downloads."""
+"""The accordion inside the WebUI page (every host family): components, info line, paste fields, downloads."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from ..core.load.compat import check_unet
 from ..core.load.known_models import KNOWN_MODELS, find_known_model
 from ..schema import DEFAULTS
 from ..ui.infotext import KEY, PASTE_FIELDS, paste_notice, paste_value, pasted_unit
-from .models import engine, model_signature
+from .models import engine
 from .settings import opt
+from .unet import model_signature
 
 
 def face_status(info: Any) -> str:
