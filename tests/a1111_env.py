@@ -48,6 +48,22 @@ def tiny_unet(seed: int = 0, context_dim: int = CTX) -> UNetModel:
     return unet.requires_grad_(False)
 
 
+def tiny_sdxl_unet(seed: int = 0, context_dim: int = 64, levels: tuple[int, ...] = (2, 4)) -> UNetModel:
+    """SDXL's topology in small: no attention at the first level and linear projections in and
+    out of the transformers (one block each: sdkit's ldm needs a context list for more). SDXL's
+    refiner is another context width here, so an SDXL adapter does not fit it."""
+    torch.manual_seed(seed)
+    unet = UNetModel(
+        image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=list(levels),
+        num_res_blocks=2, channel_mult=[1, 2, 4], num_heads=4, use_spatial_transformer=True,
+        transformer_depth=1, context_dim=context_dim, legacy=False, use_linear_in_transformer=True,
+    ).eval()  # fmt: skip
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
+            m.reset_parameters()
+    return unet.requires_grad_(False)
+
+
 def sd_model(unet: UNetModel, sdxl: bool = False, info=None) -> SDModel:
     """The model object A1111 samples with (tests/doubles/sd_model.py) around ``unet``."""
     return SDModel(unet, sdxl=sdxl, info=info)

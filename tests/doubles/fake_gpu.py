@@ -33,8 +33,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 GPU = torch.device("meta")
 CPU = torch.device("cpu")
 
-#: Operations that legitimately take tensors across devices (and their in-place copy).
+#: Operations that legitimately take tensors across devices: copies, and questions about types
+#: (``Module.to`` asks whether the new tensor can replace the old one's data in place).
 _CROSS_DEVICE = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
+_SHALLOW_COPY = torch.ops.aten._has_compatible_shallow_copy_type.default
 #: Indexing accepts CPU index tensors for a GPU tensor (as CUDA does).
 _CPU_INDICES_OK = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default}
 
@@ -51,6 +53,8 @@ class OnGPU(torch.Tensor):
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor) -> OnGPU:
+        if elem.device.type != CPU.type:
+            raise DeviceMismatch(f"the fake GPU holds CPU values, not a {elem.device.type} tensor")
         wrapper = torch.Tensor._make_wrapper_subclass(
             cls,
             elem.size(),
@@ -95,22 +99,31 @@ def _device_kinds(func: Any, args: tuple, kwargs: dict) -> set[str]:
 
 
 def _run(func: Any, args: tuple, kwargs: dict) -> Any:
+    if func is _SHALLOW_COPY:  # ``Module.to`` asks whether ``.data =`` may swap in the new tensor:
+        return isinstance(args[0], OnGPU) == isinstance(args[1], OnGPU)  # not across devices (as CUDA)
     kinds = _device_kinds(func, args, kwargs)
-    if len(kinds) > 1 and func not in _CROSS_DEVICE:
-        if not (func in _CPU_INDICES_OK and isinstance(args[0], OnGPU)):
-            raise DeviceMismatch(
-                f"Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
-                f"(fake GPU: {func})"
-            )
-    target = kwargs.get("device")
-    if _is_gpu_device(target):
-        kwargs = dict(kwargs, device=CPU)
+    cpu_indices = func in _CPU_INDICES_OK and isinstance(args[0], OnGPU)
+    if len(kinds) > 1 and func not in _CROSS_DEVICE and not cpu_indices:
+        raise DeviceMismatch(
+            f"Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
+            f"(fake GPU: {func})"
+        )
+    # a target device, as a keyword (factories, ``_to_copy``) or positionally (``aten.to.device``)
+    targets = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.device)]
+    if any(t.type == GPU.type for t in targets):
         to_gpu = True
-    elif target is not None:
+    elif targets:
         to_gpu = False
     else:
         to_gpu = "gpu" in kinds
-    unwrap = lambda t: t.elem if isinstance(t, OnGPU) else t  # noqa: E731
+
+    def unwrap(value: Any) -> Any:
+        if isinstance(value, OnGPU):
+            return value.elem
+        if isinstance(value, torch.device) and value.type == GPU.type:
+            return CPU
+        return value
+
     out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
     if func is torch.ops.aten.copy_.default:
         return args[0]
@@ -118,7 +131,16 @@ def _run(func: Any, args: tuple, kwargs: dict) -> Any:
         return args[0]  # in place on a GPU tensor: the same object back
     if not to_gpu:
         return out
-    return tree_map(lambda t: OnGPU(t) if isinstance(t, torch.Tensor) and not isinstance(t, OnGPU) else t, out)
+    # A view shares its base's version counter, so it must be an inference tensor exactly when the
+    # base is one (a view made in inference mode of a normal tensor is a normal tensor).
+    base = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    inference = base.is_inference() if _is_view(func) and base is not None else torch.is_inference_mode_enabled()
+    with torch.inference_mode(inference):
+        return tree_map(lambda t: OnGPU(t) if isinstance(t, torch.Tensor) and not isinstance(t, OnGPU) else t, out)
+
+
+def _is_view(func: Any) -> bool:
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
 
 class _Dispatch(TorchDispatchMode):

@@ -112,4 +112,3 @@ def checkpoint(title: str, config: str, build_unet, sdxl: bool = False):
     from tests.doubles.sd_model import CheckpointInfo
 
     return CheckpointInfo(title, config, build_unet, sdxl)
-
