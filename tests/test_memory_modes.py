@@ -198,3 +198,38 @@ def test_memory_flags_on_a_second_device_equal_the_cpu(host, case, monkeypatch, 
     assert ("applied to the refiner" in oracle_out) is fits
     assert ("not applied after the switch" in oracle_out) is not fits
     assert torch.equal(ended.samples, oracle.samples) is not fits
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("refiner", ["sd15-other", "sd15-new-config"])
+def test_faceid_lora_follows_the_unet_that_samples(host, refiner, tmp_path, monkeypatch):
+    """A FaceID unit's LoRA is on the UNet that runs each step: the base's, then the refiner's
+    (the same module with new weights, or a new model), never on a UNet that stopped sampling."""
+    from modules import script_callbacks
+
+    from tests.test_faceid import FACE, write_faceid_files
+
+    write_faceid_files(tmp_path / "models", attn2_widths_of_sd15())
+    seen: list[tuple[int, int]] = []
+    base_unets: list = []
+
+    def count(params):  # per step: LoRA hooks on the UNet sampling now, and on the base's if another
+        now = shared.sd_model.model.diffusion_model
+        base_unets.append(base_unets[0] if base_unets else now)
+        seen.append((lora_hooks(now), lora_hooks(base_unets[0]) if base_unets[0] is not now else -1))
+
+    script_callbacks.on_cfg_denoiser(count, name="test_count")
+    run = generate(host, "sd15", refiner, {}, False, monkeypatch, image=FACE, model="tiny-faceid", weight=1.0)
+    assert not run.errors, run.errors
+    hooked = 4 * 2 * 16 + 16  # the LoRA on q, k, v, out of attn1 and attn2 × 16 blocks; our attn2 to_q taps
+    assert [now for now, _ in seen] == [hooked] * 3
+    assert all(old in (-1, 0) for _, old in seen)  # a UNet that stopped sampling has none left
+    assert lora_hooks(run.model.model.diffusion_model) == 0  # and none after the generation
+
+
+def attn2_widths_of_sd15() -> tuple[int, ...]:
+    return a1111.unet_layout(sd_model(tiny_unet()))[2].attn2_widths
+
+
+def lora_hooks(unet) -> int:
+    return sum(len(m._forward_hooks) for m in unet.modules() if isinstance(m, torch.nn.Linear))

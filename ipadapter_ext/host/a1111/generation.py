@@ -25,9 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.errors import IPAdapterError
 from ...core.job import Job
-from ...core.load.compat import check_unet
 from ...interop.controlnet import coexistence_note
 from ..common import (
     StateBase,
@@ -60,16 +58,6 @@ class GenerationState(StateBase):
     #: True from a pass's preparation to its end: the job follows whichever UNet samples (a refiner
     #: loaded mid-pass), until one its adapters do not fit.
     following: bool = False
-
-    def fits(self, signature: Any) -> IPAdapterError | None:
-        """Why the prepared units cannot apply to a UNet of ``signature`` (``None``: they fit)."""
-        assert self.job is not None
-        try:
-            for unit in self.job.units:
-                check_unet(unit.adapter.info, signature, unit.adapter.name)
-        except IPAdapterError as exc:
-            return exc
-        return None
 
     def ensure_job(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job for the UNet about to sample, and attach it."""
