@@ -99,7 +99,9 @@ def our_hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def generate(host, base: str, refiner: str | None, flags: dict, gpu: bool, monkeypatch, **unit) -> Run:
+def generate(
+    host, base: str, refiner: str | None, flags: dict, gpu: bool, monkeypatch, clear: bool = True, **unit
+) -> Run:
     """Load ``base`` as the WebUI does (with ``flags``), then one txt2img with a unit."""
     from modules import lowvram
 
@@ -113,7 +115,8 @@ def generate(host, base: str, refiner: str | None, flags: dict, gpu: bool, monke
     hooks_before = our_hooks(model)
     jobs, encoded_on = [], set()
     engine = a1111.engine()
-    engine.embeddings.clear()  # every run encodes its reference (and shows where)
+    if clear:
+        engine.embeddings.clear()  # every run encodes its reference (and shows where)
     prepare, encode = engine.prepare, ClipVisionEncoder.encode
 
     def spy_prepare(*args, **kwargs):
@@ -233,3 +236,24 @@ def attn2_widths_of_sd15() -> tuple[int, ...]:
 
 def lora_hooks(unet) -> int:
     return sum(len(m._forward_hooks) for m in unet.modules() if isinstance(m, torch.nn.Linear))
+
+
+def encoder_devices() -> set[str]:
+    found = [v for v in a1111.engine().loaded._items.values() if isinstance(v, ClipVisionEncoder)]
+    assert found
+    return set().union(*(module_device_types(e.model) for e in found))
+
+
+@torch.no_grad()
+def test_the_encoder_goes_to_the_gpu_only_to_encode_and_the_setting_may_keep_it_there(host, monkeypatch):
+    with fake_gpu():
+        first = generate(host, "sd15", None, {}, True, monkeypatch)
+        assert first.encoded_on == {"meta"} and encoder_devices() == {"cpu"}
+        again = generate(host, "sd15", None, {}, True, monkeypatch, clear=False)  # the embedding is cached
+        assert again.encoded_on == set() and encoder_devices() == {"cpu"}  # no trip to the GPU for nothing
+        torch.testing.assert_close(again.samples, first.samples)
+        shared.opts.ipadapter_offload_encoder = False  # the user keeps it on the GPU (faster, uses VRAM)
+        generate(host, "sd15", None, {}, True, monkeypatch)
+        assert encoder_devices() == {"meta"}
+        generate(host, "sd15", None, {"medvram": True}, True, monkeypatch)  # --medvram: always off it
+        assert encoder_devices() == {"cpu"}
