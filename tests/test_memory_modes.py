@@ -257,3 +257,40 @@ def test_the_encoder_goes_to_the_gpu_only_to_encode_and_the_setting_may_keep_it_
         assert encoder_devices() == {"meta"}
         generate(host, "sd15", None, {"medvram": True}, True, monkeypatch)  # --medvram: always off it
         assert encoder_devices() == {"cpu"}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "base,refiner,hires_checkpoint,expected",
+    [
+        ("sd15", "sd15-new-config", None, ["applied to the refiner"]),
+        ("sdxl", "sdxl-refiner", None, ["not applied after the switch to SDXL"]),
+        ("sdxl", None, "sdxl-refiner", ["not applied to SDXL in this pass"]),
+    ],
+)
+def test_hires_fix_with_the_refiner_in_both_passes_or_another_hires_checkpoint(
+    host, monkeypatch, capsys, base, refiner, hires_checkpoint, expected
+):
+    """A1111 goes back to the generation's checkpoint (or to the hires checkpoint) between the
+    passes, and may switch to the refiner again in the hires pass ("both passes"). The unit
+    follows each model it fits; a model it does not fit gets a console line, not an error."""
+    shared.opts.hires_fix_refiner_pass = "both passes"
+    original = Processing.__init__
+
+    def with_hires(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.enable_hr, self.hr_latent = True, 16
+        if hires_checkpoint is not None:
+            self.hr_checkpoint_info = host.checkpoints[hires_checkpoint]
+            ctx = sd_model(self.hr_checkpoint_info.build_unet()).context_dim
+            self.refiner_cond = self.refiner_uncond = torch.randn(
+                1, 77, ctx, generator=torch.Generator().manual_seed(3)
+            )
+
+    monkeypatch.setattr(Processing, "__init__", with_hires)
+    run = generate(host, base, refiner, {}, False, monkeypatch)
+    assert not run.errors, run.errors
+    out = capsys.readouterr().out
+    for line in expected:
+        assert line in out, out
+    assert torch.isfinite(run.samples).all()

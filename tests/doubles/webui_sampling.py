@@ -155,6 +155,9 @@ class Processing:
     #: The conds the refiner's text encoder gives, when its context width differs from the base's.
     refiner_cond: torch.Tensor | None = None
     refiner_uncond: torch.Tensor | None = None
+    #: The hires pass's checkpoint (``None``: the one the generation started with, as A1111's
+    #: ``reload_model_weights(info=None)`` selects it).
+    hr_checkpoint_info: object = None
     is_hr_pass: bool = False
     sampler: Sampler | None = None
     samplers: list = field(default_factory=list)
@@ -207,6 +210,7 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
             errors.append(traceback.format_exc())
 
     sd_models.model_data.set_sd_model(p.sd_model)
+    selected = getattr(p.sd_model, "sd_checkpoint_info", None)  # the checkpoint chosen in the UI
     hook("process")
     g = torch.Generator().manual_seed(p.seed)
     batch = len(p.repeats)
@@ -219,6 +223,9 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
     if p.enable_hr:
         p.is_hr_pass = True
         shared.sd_model.decode_first_stage(samples)  # the first pass's images (the VAE on the device)
+        info = p.hr_checkpoint_info or selected
+        if info is not None:  # back from a refiner, or to the hires checkpoint (``sample_hr_pass``)
+            sd_models.reload_model_weights(info=info)
         x = torch.nn.functional.interpolate(samples, size=_hw(p.hr_latent))
         new_pass(x)
         samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), *p.conds)

@@ -1,8 +1,9 @@
 """A real WebUI with the refiner: the host loads another checkpoint mid-sampling.
 
 A1111 (``sd_samplers_common.apply_refiner`` → ``sd_models.reload_model_weights``) reloads the
-weights into the same model when the refiner has the same config (the session's checkpoint twin)
-and builds a new model otherwise (the tiny SDXL twin, with its own yaml), firing
+weights into the same model when the refiner's config file is the base's (a checkpoint without a
+``.yaml`` beside it, whose config A1111 picks from its keys), and builds a new model otherwise (a
+checkpoint with its own ``.yaml``, as the twins of the tiny test checkpoints have), firing
 ``model_loaded_callback`` either way; Forge (``forge_model_reload``) always builds a new model. A
 unit whose adapter fits the refiner must act in the refiner's steps; one that does not fit must
 let the generation finish without it, saying so in the console.
