@@ -294,3 +294,31 @@ def test_hires_fix_with_the_refiner_in_both_passes_or_another_hires_checkpoint(
     for line in expected:
         assert line in out, out
     assert torch.isfinite(run.samples).all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["batched", "batch_cond_uncond_off", "skip_uncond_steps", "and_prompts_unbatched",
+                                  "batch_size_2", "token_lengths_differ_unbatched", "img2img", "hires"])  # fmt: skip
+def test_every_cfg_batching_under_lowvram_on_the_gpu_equals_the_cpu(webui, mode):
+    """The CFG denoiser's ways of splitting rows into UNet calls (tests/test_a1111.py checks each
+    row against the UNet alone on the CPU) give the same result with --lowvram on the fake GPU,
+    where A1111 moves each UNet block to the device as it runs."""
+    from modules import lowvram
+
+    from tests.a1111_env import job
+    from tests.test_a1111 import CFG_MODES
+
+    options, kwargs = CFG_MODES[mode]
+    for key, value in options.items():
+        setattr(shared.opts, key, value)
+    cpu = run_job(webui.script, unit_args(PLUS), job(sd_model(tiny_unet()), **kwargs))
+    with fake_gpu():
+        devices.device = GPU
+        shared.cmd_opts.lowvram = True
+        model = sd_model(tiny_unet())
+        lowvram.apply(model)
+        errors: list[str] = []
+        gpu = run_job(webui.script, unit_args(PLUS), job(model, **kwargs), errors)
+    assert not errors, errors
+    assert model.lowvram and module_device_types(model.model.diffusion_model.middle_block) == {"cpu"}
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-5)
