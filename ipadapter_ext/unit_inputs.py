@@ -12,27 +12,72 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .core.attend.masks import mask_tensor
 from .core.errors import IPAdapterError
 
 #: Reference images larger than this are refused before decoding (a 8192×8192 image is 67 M).
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: The formats images may come in as base64 (Pillow's names); the messages name the same three.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _NUMBER_SEPARATOR = re.compile(r"[,;\s]+")
+#: What base64 text is made of (line breaks and spaces included: MIME and ``base64`` wrap lines).
+_BASE64_TEXT = re.compile(r"^(data:[^,]*,)?[A-Za-z0-9+/=\s]+$")
+#: First bytes of formats people send by mistake, to name them in the error.
+_SIGNATURES = (
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00", "AVIF/HEIC"),
+)
+
+
+def looks_like_base64(value: str) -> bool:
+    """Whether ``value`` is base64 text (optionally a ``data:`` URL) rather than a file path: a
+    JPEG's base64 starts with ``/9j/``, which is also how an absolute path starts."""
+    return bool(_BASE64_TEXT.match(value[:4096])) and (value.startswith("data:") or len(value) >= 64)
+
+
+def base64_bytes(value: str, where: str, what: str = "the image") -> bytes:
+    """The bytes of base64 text (``data:`` prefix allowed). Whitespace is ignored, as the WebUI's
+    own API ignores it: clients that wrap lines at 76 characters send valid images."""
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise IPAdapterError(f"{where}: {what} is not valid base64 ({exc}).") from exc
+
+
+def _format_name(raw: bytes) -> str:
+    for signature, name in _SIGNATURES:
+        if raw.startswith(signature):
+            return f" (it is {name})"
+    return ""
+
+
+def normalise_image(image: Image.Image) -> Image.Image:
+    """An image as a viewer shows it: rotated by its EXIF orientation (phones store portraits
+    sideways with a tag; gradio and the WebUI's API apply it, so the API path must too), and
+    16-bit greyscale (Pillow's mode ``I;16``/``I``) scaled to 8 bits, which a plain conversion
+    to RGB would clip to white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return image
 
 
 def decode_raw(value: str, where: str) -> Image.Image:
-    """A base64 PNG/JPEG/WebP (``data:`` prefix allowed) → image in its own mode."""
-    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    """A base64 PNG/JPEG/WebP (``data:`` prefix allowed) → image in its own mode, upright."""
+    raw = base64_bytes(value, where)
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise IPAdapterError(f"{where}: the image is not valid base64 ({exc}).") from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
     except Exception as exc:
-        raise IPAdapterError(f"{where}: the image data is not a PNG, JPEG or WebP image.") from exc
+        raise IPAdapterError(
+            f"{where}: the image data is not a PNG, JPEG or WebP image{_format_name(raw)}. Send one of those."
+        ) from exc
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise IPAdapterError(
@@ -43,7 +88,7 @@ def decode_raw(value: str, where: str) -> Image.Image:
         image.load()
     except Exception as exc:
         raise IPAdapterError(f"{where}: the image could not be decoded ({exc}); it may be truncated.") from exc
-    return image
+    return normalise_image(image)
 
 
 def decode_image(value: str, where: str) -> Image.Image:

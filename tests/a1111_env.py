@@ -20,6 +20,7 @@ from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.load.formats import save_adapter_tensors
 from ipadapter_ext.host import a1111
 from ipadapter_ext.ui.layout import UNIT_FIELDS
+from tests.doubles.sd_model import SDModel
 from tests.doubles.webui_sampling import Processing, run_job
 
 from .ui_values import UI_VALUES
@@ -47,8 +48,25 @@ def tiny_unet(seed: int = 0, context_dim: int = CTX) -> UNetModel:
     return unet.requires_grad_(False)
 
 
-def sd_model(unet: UNetModel) -> SimpleNamespace:
-    return SimpleNamespace(model=SimpleNamespace(diffusion_model=unet), is_sdxl=False, is_sd2=False)
+def tiny_sdxl_unet(seed: int = 0, context_dim: int = 64, levels: tuple[int, ...] = (2, 4)) -> UNetModel:
+    """SDXL's topology in small: no attention at the first level and linear projections in and
+    out of the transformers (one block each: sdkit's ldm needs a context list for more). SDXL's
+    refiner is another context width here, so an SDXL adapter does not fit it."""
+    torch.manual_seed(seed)
+    unet = UNetModel(
+        image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=list(levels),
+        num_res_blocks=2, channel_mult=[1, 2, 4], num_heads=4, use_spatial_transformer=True,
+        transformer_depth=1, context_dim=context_dim, legacy=False, use_linear_in_transformer=True,
+    ).eval()  # fmt: skip
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
+            m.reset_parameters()
+    return unet.requires_grad_(False)
+
+
+def sd_model(unet: UNetModel, sdxl: bool = False, info=None) -> SDModel:
+    """The model object A1111 samples with (tests/doubles/sd_model.py) around ``unet``."""
+    return SDModel(unet, sdxl=sdxl, info=info)
 
 
 def attn2_widths(unet: UNetModel) -> tuple[int, ...]:
@@ -60,6 +78,7 @@ def make_webui(tmp_path, monkeypatch):
     shared.reset()
     script_callbacks.callbacks.clear()
     a1111._EngineHolder.reset()
+    reset_devices()
     import modules.paths_internal as paths_internal
 
     monkeypatch.setattr(paths_internal, "models_path", str(tmp_path / "models"))
@@ -80,6 +99,15 @@ def make_webui(tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     yield SimpleNamespace(script=module.IPAdapterScript(), unet=unet, model=sd_model(unet))
     a1111.sweep()
+
+
+def reset_devices() -> None:
+    """The doubles' host back on the CPU: no fake GPU, nothing held by lowvram or sd_models."""
+    from modules import devices, lowvram, sd_models
+
+    devices.device = devices.cpu
+    lowvram.module_in_gpu = None
+    sd_models.model_data.sd_model = None
 
 
 def image(seed: int) -> Image.Image:

@@ -97,3 +97,42 @@ def test_kv_computed_once_and_laid_out_per_row(monkeypatch):
             )
             assert torch.equal(v[2], v[0])  # two cond rows: the same stored row, copied
     assert kv.rows(0, (True, False, True))[0] is kv.rows(0, (1, 0, 1))[0]  # cached layout
+
+
+@pytest.mark.parametrize("layout", [(True,), (True, True, True), (False, False), (False,)])
+def test_rows_that_all_see_one_stored_row_are_a_view_not_a_copy(layout):
+    """Forge calls with one chunk, A1111 with cond and uncond apart: every row sees the same
+    stored K/V row, which is expanded (no memory), equal to what index_select would copy."""
+    widths = tiny_widths(SD15_WIDTHS)
+    model = IPAdapterModel.from_tensors(adapter_tensors(adapter_shapes("base", 32, widths, 40)), "base.bin")
+    cond, uncond = model.cond_uncond_tokens(EncodedImages(image_embeds=torch.randn(1, 40)), None)
+    kv = UnitKV(model, cond, uncond, "cpu", torch.float32)
+    k, v = kv.rows(3, layout)
+    stored_k, stored_v = kv.kv[3]
+    row = 1 if layout[0] else 0  # rows [0, n) uncond, [n, 2n) cond
+    assert k.shape == (len(layout), *stored_k.shape[1:])
+    assert k.data_ptr() == stored_k[row].data_ptr() and v.data_ptr() == stored_v[row].data_ptr()  # views
+    assert len(layout) == 1 or k.stride(0) == v.stride(0) == 0  # the rows share the stored row's memory
+    index = torch.tensor([row] * len(layout))
+    assert torch.equal(k, stored_k.index_select(0, index)) and torch.equal(v, stored_v.index_select(0, index))
+    mixed, _ = kv.rows(3, (True, False))
+    assert mixed.data_ptr() not in (stored_k[0].data_ptr(), stored_k[1].data_ptr())  # two stored rows: gathered
+
+
+def test_kv_follow_a_device_once(monkeypatch):
+    """``to`` moves every layer's K/V and drops the layouts made from the old tensors."""
+    widths = tiny_widths(SD15_WIDTHS)
+    model = IPAdapterModel.from_tensors(adapter_tensors(adapter_shapes("base", 32, widths, 40)), "base.bin")
+    cond, uncond = model.cond_uncond_tokens(EncodedImages(image_embeds=torch.randn(1, 40)), None)
+    kv = UnitKV(model, cond, uncond, "cpu", torch.float32)
+    before = kv.rows(0, (True, False))[0]
+    from tests.doubles.fake_gpu import GPU, fake_gpu
+
+    with fake_gpu():
+        kv.to(GPU)
+        after = kv.rows(0, (True, False))[0]
+        assert kv.device == GPU and after.device == GPU and all(t.device == GPU for pair in kv.kv for t in pair)
+        assert torch.equal(after.cpu(), before)
+        stored = kv.kv
+        kv.to(GPU)  # already there: nothing moves
+        assert kv.kv is stored

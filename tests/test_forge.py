@@ -30,6 +30,9 @@ def env(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(FORGE_DOUBLES)  # makes the host look like Forge when the script loads
     webui = make_webui(tmp_path, monkeypatch)
     base = next(webui)
+    from backend import memory_management
+
+    memory_management.reset()
     patcher = unet_patcher(base.unet)
     yield SimpleNamespace(script=base.script, unet=base.unet, patcher=patcher, model=ForgeModel(patcher))
     webui.close()

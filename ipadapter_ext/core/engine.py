@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,8 +113,29 @@ class Placement:
     device: torch.device
     dtype: torch.dtype
     encoder_dtype: torch.dtype = torch.float32
-    offload_encoder: bool = False  # --medvram/--lowvram: the encoder leaves the device after use
+    #: The encoder and the adapter's projection leave the device after use (A1111 by default and
+    #: with --medvram/--lowvram, Forge always): accelerator memory the host does not account for.
+    offload_encoder: bool = False
     upcast_attention: bool = False
+
+
+@contextmanager
+def running_on(place: Placement, adapter: IPAdapterModel, encoder: ClipVisionEncoder | None) -> Iterator[None]:
+    """Encode and project on ``place.device``; with ``offload_encoder`` the encoder and the
+    projection are back on the CPU afterwards, whatever happened, so nothing of ours stays in
+    accelerator memory the host does not know about. The encoder goes to the device only when an
+    image is encoded (embedding-cache hits leave it where it is)."""
+    if encoder is not None:
+        encoder.run_on = place.device
+    try:
+        yield
+    finally:
+        if encoder is not None:
+            encoder.run_on = None
+        if place.offload_encoder:
+            adapter.to("cpu")
+            if encoder is not None:
+                encoder.to("cpu")
 
 
 class Engine:
@@ -172,13 +194,9 @@ class Engine:
         if adapter.info.encoder.output in FACE_OUTPUTS:
             return (adapter, *self._face_tokens(req, adapter, place))
         encoder_name, encoder = self._encoder(req, adapter, place)
-        encoder.to(place.device)
-        try:
+        with running_on(place, adapter, encoder):
             groups = [[image] for image in req.images] if req.per_image else [req.images]
             pairs = [self._encode_group(req, adapter, encoder, images, place) for images in groups]
-        finally:
-            if place.offload_encoder:
-                encoder.to("cpu")
         cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
         return adapter, encoder_name, cond, uncond
 
@@ -195,7 +213,6 @@ class Engine:
             uncond_enc = combine_encoded(noisy, req.combine, weights)
         else:
             uncond_enc = adapter.negative_inputs(cond_enc, encoder)
-        adapter.to(place.device)
         cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         return cond, uncond
 
@@ -222,9 +239,8 @@ class Engine:
         if adapter.info.encoder.output is EncoderOutput.FACE_AND_PENULTIMATE:
             encoder_name, encoder = self._encoder(req, adapter, place)
             encoder_name = f"face analysis + {encoder_name}"
-            encoder.to(place.device)
         pairs = []
-        try:
+        with running_on(place, adapter, encoder):
             for group in groups:
                 face = torch.stack([f.embedding(normalised=not raw) for f in group])
                 hidden = None
@@ -233,17 +249,14 @@ class Engine:
                 enc = EncodedImages(face=face, hidden=hidden)
                 enc = combine_encoded(enc, req.combine, None if req.per_image else req.image_weights)
                 uncond = adapter.negative_inputs(enc, encoder)
-                adapter.to(place.device)
                 scale = req.faceid_v2_weight
                 pairs.append(tuple(self._project(adapter, e, place, scale) for e in (enc, uncond)))
-        finally:
-            if encoder is not None and place.offload_encoder:
-                encoder.to("cpu")
         cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
         return encoder_name, cond, uncond
 
     @staticmethod
     def _project(adapter: IPAdapterModel, enc: EncodedImages, place: Placement, shortcut: float = 1.0) -> torch.Tensor:
+        adapter.to(place.device)  # back to the CPU when ``running_on`` ends (offload)
         tokens = adapter.project(enc.map(lambda t: t.to(place.device)), shortcut)
         return tokens.reshape(1, -1, tokens.shape[-1])
 

@@ -171,6 +171,8 @@ class Job:
     unet: nn.Module | None = None
     #: Attention maps wanted: each call's rows are told which batch image they belong to.
     record_rows: bool = False
+    #: Where the UNet's input was last seen; the K/V follow it (``None``: not seen yet).
+    _device: torch.device | None = None
 
     # -- host events -------------------------------------------------------------------------
     def begin_step(self, progress: float, cond_rows: int, total_rows: int) -> None:
@@ -235,8 +237,18 @@ class Job:
         return self._hooks is not None
 
     # -- per call ----------------------------------------------------------------------------
+    def follow_device(self, device: torch.device) -> None:
+        """Move every unit's K/V to ``device``, where the UNet now runs: a host may have placed the
+        UNet elsewhere when the job was prepared (A1111's --medvram/--lowvram keep it on the CPU
+        until its first forward) or move it between passes. Once per change, not per call."""
+        if device != self._device:
+            for unit in self.units:
+                unit.kv.to(device)
+            self._device = device
+
     def _before_unet(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs.get("x")
+        self.follow_device(x.device)
         rows = self._rows
         n = int(x.shape[0])
         layout = rows.layout[rows.cursor : rows.cursor + n]

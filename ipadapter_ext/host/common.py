@@ -20,6 +20,7 @@ from ..api.errors import http_error
 from ..core.engine import UnitRequest
 from ..core.errors import IPAdapterError
 from ..core.job import Job
+from ..core.load.compat import check_unet
 from ..interop.xyz import apply_overrides, register_xyz_axes
 from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
@@ -94,6 +95,17 @@ class StateBase:
                 "model file carries, so the LoRA is applied twice. Remove the tag, or set the unit's LoRA "
                 "strength to 0."
             )
+
+    def fits(self, signature: Any) -> IPAdapterError | None:
+        """Why the prepared units cannot apply to a UNet of ``signature`` (``None``: they fit),
+        for a model loaded after they were prepared (the refiner)."""
+        assert self.job is not None
+        try:
+            for unit in self.job.units:
+                check_unet(unit.adapter.info, signature, unit.adapter.name)
+        except IPAdapterError as exc:
+            return exc
+        return None
 
     def note(self, text: str) -> None:
         """Print ``text`` once per generation (the WebUI console is where users look)."""

@@ -43,8 +43,9 @@ def register_settings(
         gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
     add(
         "ipadapter_offload_encoder",
-        False,
-        "Move the image encoder off the GPU after encoding (always on with --medvram/--lowvram)",
+        True,
+        "Move the image encoder and the adapters' projections off the GPU after encoding (frees their VRAM; "
+        "always on with --medvram/--lowvram and on Forge)",
     )
     add("ipadapter_hires", True, "Apply IP-Adapter on the hires fix pass too")
     add("ipadapter_attention_map", False, "Show where each unit acts (attention maps) by default in the UI")

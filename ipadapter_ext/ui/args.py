@@ -16,7 +16,7 @@ from PIL import Image
 from ..api.payload import api_units, validate_unit
 from ..core.errors import IPAdapterError
 from ..schema import IPAdapterUnit
-from ..unit_inputs import image_given
+from ..unit_inputs import image_given, looks_like_base64, normalise_image
 from .layout import NONE, UNIT_FIELDS
 
 
@@ -34,8 +34,8 @@ def _open(item: Any) -> Any:
     opened, so a positional API request cannot make the server read other files; base64 strings
     (the API's form) are left to the unit schema."""
     if isinstance(item, str):
-        if not Path(item).is_absolute():
-            return item  # base64
+        if looks_like_base64(item) or not Path(item).is_absolute():
+            return item  # base64 (a JPEG's starts with "/9j/", like an absolute path)
         name: Any = item
     else:
         name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
@@ -47,7 +47,7 @@ def _open(item: Any) -> Any:
             "More reference images: only files uploaded through the UI can be read. Send images as base64 in the API."
         )
     with Image.open(path) as im:
-        return im.convert("RGB")
+        return normalise_image(im).convert("RGB")
 
 
 def _untouched(values: dict[str, Any]) -> bool:

@@ -6,7 +6,8 @@ at dfdcbab6 (own implementations, no Forge code):
   ``transformer_options["patches_replace"]["attn2"][key]`` written copy-on-write by
   ``set_model_attn2_replace(patch, block_name, number, transformer_index=None)`` (key
   ``(block, number)`` or ``(block, number, transformer_index)``), and
-  ``add_extra_torch_module_during_sampling(m, cast_to_unet_dtype=True)``; the object-patch
+  ``add_extra_torch_module_during_sampling(m, cast_to_unet_dtype=True)`` and
+  ``add_extra_preserved_memory_during_sampling(bytes)`` (both copied by ``clone()``); the object-patch
   contract: ``add_object_patch(name, obj)`` (attribute path under the patcher's model; ``clone()``
   copies the dict shallowly), ``get_model_object(name)`` (the patch, else the backup, else the
   attribute), ``forge_patch_model()`` (backs up each attribute once, sets the patches),
@@ -97,13 +98,18 @@ class UnetPatcher(ModelPatcher):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_model_patchers_during_sampling = []
+        self.extra_preserved_memory_during_sampling = 0
 
     def clone(self):
         n = UnetPatcher(self.model, self.load_device, self.offload_device)
         n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         n.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
+        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
         return n
+
+    def add_extra_preserved_memory_during_sampling(self, memory_in_bytes):
+        self.extra_preserved_memory_during_sampling += memory_in_bytes
 
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
         options = dict(self.model_options["transformer_options"])
@@ -148,9 +154,14 @@ class Predictor:
         return self.sigma((1.0 - percent) * 999.0)
 
 
-def unet_patcher(unet) -> UnetPatcher:
+def unet_patcher(unet, load_device=None) -> UnetPatcher:
+    """A UNet patcher as Forge's loader makes it: loaded to ``load_device`` (default the CPU, or
+    the device of the modules double) when sampling starts, offloaded to the CPU."""
+    from modules import devices
+
     model = SimpleNamespace(diffusion_model=unet, predictor=Predictor(), computation_dtype=torch.float32)
-    return UnetPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    device = load_device if load_device is not None else devices.device
+    return UnetPatcher(model, load_device=torch.device(device), offload_device=torch.device("cpu"))
 
 
 def forge_unet_forward(unet, x, timesteps, context, transformer_options):

@@ -7,7 +7,16 @@ dfdcbab6 (own implementations, no Forge code):
   ``sample_hr_pass`` calls it twice: once *before* that reset, on the first pass's objects (with
   the hires sampler already made), then again after it.
 * ``modules/sd_samplers_cfg_denoiser.py``: ``on_cfg_denoiser`` gets (x, sigma, step, total) before
-  the model runs.
+  the model runs; before it, ``sd_samplers_common.apply_refiner(self, x)``: past the switch point,
+  ``sampling_cleanup`` of the current UNet, ``forge_model_reload`` (a **new** model object with its
+  own, unpatched ``forge_objects``, set as ``shared.sd_model``, ``model_loaded_callback``), the
+  refiner's conds (``setup_conds``), then ``sampling_prepare`` of the refiner's UNet patcher. The
+  model the denoiser runs is read from ``shared.sd_model`` on every call (``inner_model``).
+* ``modules/sd_samplers_kdiffusion.py``: ``sample``/``sample_img2img`` start with
+  ``sampling_prepare(forge_objects.unet, x)`` (backend/sampling double: memory management loads
+  the patcher and its extra patchers to ``load_device``) and end with ``sampling_cleanup``.
+  Latents and conds live on ``devices.device`` (the fake GPU of tests/doubles/fake_gpu.py in some
+  tests), sigmas too.
 * ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: conds and unconds become
   chunks of B rows; ``transformer_options`` is a shallow copy of the patcher's, plus
   ``cond_or_uncond`` (one 0/1 per chunk, uncond first when both fit in one call, since Forge
@@ -44,11 +53,33 @@ class ForgeObjects:
 class ForgeModel:
     """``ForgeDiffusionEngine``: no ``.model``; the UNet lives in ``forge_objects.unet``."""
 
-    def __init__(self, patcher):
+    def __init__(self, patcher, sdxl: bool = False, info=None):
         self.forge_objects = ForgeObjects(patcher)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
-        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_sd3 = True, False, False, False
+        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_sd3 = not sdxl, False, sdxl, False
+        self.sd_checkpoint_info = info
+
+
+def apply_refiner(denoiser, x) -> bool:
+    """Forge's ``sd_samplers_common.apply_refiner`` (switch by sampling steps)."""
+    from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
+
+    p = denoiser.p
+    if p.refiner_switch_at is not None and denoiser.step / denoiser.total_steps < p.refiner_switch_at:
+        return False
+    info = p.refiner_checkpoint_info
+    if info is None or shared.sd_model.sd_checkpoint_info is info:
+        return False
+    p.extra_generation_params["Refiner"] = info.short_title
+    sampling_cleanup(shared.sd_model.forge_objects.unet)
+    refiner = info.build()  # forge_model_reload: a new model, nothing of the old one carried over
+    shared.sd_model = refiner
+    script_callbacks.model_loaded_callback(refiner)
+    p.sd_model = shared.sd_model  # ``p.sd_model`` is a property over ``shared.sd_model``
+    p.setup_conds()
+    sampling_prepare(shared.sd_model.forge_objects.unet, x=x)
+    return True
 
 
 @dataclass
@@ -66,7 +97,7 @@ class Denoiser:
         self.p, self.step, self.total_steps, self.calls = p, 0, total, []
 
     def model(self, x, sigma, chunks, cond, uncond):
-        patcher = self.p.sd_model.forge_objects.unet
+        patcher = shared.sd_model.forge_objects.unet
         to = dict(patcher.model_options.get("transformer_options", {}))
         to["cond_or_uncond"] = list(chunks)
         to["sigmas"] = sigma
@@ -74,10 +105,12 @@ class Denoiser:
         context = torch.cat([uncond if c else cond for c in chunks])
         t = torch.cat([(sigma * 10).long()] * len(chunks))
         out = forge_unet_forward(patcher.model.diffusion_model, x_in, t, context, to)
-        self.calls.append(Call(list(chunks), x_in, context, t, sigma, out))
+        self.calls.append(Call(list(chunks), x_in.cpu(), context.cpu(), t.cpu(), sigma.cpu(), out.cpu()))
         return out.chunk(len(chunks))
 
     def forward(self, x, sigma, cond, uncond, skip_uncond=False):
+        if apply_refiner(self, x):
+            cond, uncond = self.p.conds
         params = script_callbacks.CFGDenoiserParams(x, None, sigma, self.step, self.total_steps, cond, uncond, self)
         script_callbacks.cfg_denoiser_callback(params)
         outs = {}
@@ -95,14 +128,19 @@ class Sampler:
         self.p, self.denoiser = p, None
 
     def _loop(self, x, cond, uncond):
-        predictor = self.p.sd_model.forge_objects.unet.model.predictor
+        from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
+
+        unet_patcher = shared.sd_model.forge_objects.unet
+        sampling_prepare(unet_patcher, x=x)
+        predictor = unet_patcher.model.predictor
         steps = self.p.steps
         self.denoiser = Denoiser(self.p, steps)
         ts = torch.linspace(999, 100, steps)
         for i in range(steps):
-            sigma = torch.full((x.shape[0],), predictor.sigma(float(ts[i])))
+            sigma = torch.full((x.shape[0],), predictor.sigma(float(ts[i])), device=x.device)
             denoised = self.denoiser.forward(x, sigma, cond, uncond, skip_uncond=i in self.p.skip_uncond_steps)
             x = x + 0.1 * (denoised - x)
+        sampling_cleanup(unet_patcher)
         return x
 
     def sample(self, p, x, conditioning, unconditional_conditioning, image_conditioning=None):
@@ -132,10 +170,30 @@ class ForgeProcessing:
     extra_generation_params: dict = field(default_factory=dict)
     iteration: int = 0
     processed: object = None  # what postprocess received (set by run_forge_job)
+    #: The refiner: an object whose ``build()`` gives the refiner's ``ForgeModel``; the step fraction it takes over at.
+    refiner_checkpoint_info: object = None
+    refiner_switch_at: float | None = None
+    refiner_cond: torch.Tensor | None = None  # the refiner's conds when its context width differs
+    refiner_uncond: torch.Tensor | None = None
+    conds: tuple = ()
 
     @property
     def batch_size(self) -> int:
         return self.batch
+
+    def setup_conds(self) -> None:
+        """The loaded model's conds, on the device (its text encoder's output in Forge)."""
+        from modules import devices
+
+        cond, uncond = self.cond, self.uncond
+        width = _context_width(shared.sd_model.forge_objects.unet.model.diffusion_model)
+        if self.refiner_cond is not None and cond.shape[-1] != width:
+            cond, uncond = self.refiner_cond, self.refiner_uncond
+        self.conds = (cond.to(devices.device), uncond.to(devices.device))
+
+
+def _context_width(unet) -> int:
+    return next(m for n, m in unet.named_modules() if n.endswith("attn2")).to_k.in_features
 
 
 def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = None):
@@ -158,21 +216,26 @@ def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = N
             p.samplers.append(p.sampler)
         hook(x)
 
+    from modules import devices
+
     shared.sd_model = p.sd_model
     try:
         script.process(p, *args)
     except Exception:
         errors.append(traceback.format_exc())
-    x = torch.randn(p.batch, 4, p.latent, p.latent, generator=torch.Generator().manual_seed(0))
+    p.setup_conds()
+    x = torch.randn(p.batch, 4, p.latent, p.latent, generator=torch.Generator().manual_seed(0)).to(devices.device)
     new_pass(x)
-    samples = p.sampler.sample(p, x, p.cond, p.uncond)
+    samples = p.sampler.sample(p, x, *p.conds)
     if p.enable_hr:
         p.is_hr_pass = True
+        p.sd_model = shared.sd_model
+        p.setup_conds()
         new_pass(torch.nn.functional.interpolate(samples, scale_factor=2), hires=True)
         samples = p.sampler.sample_img2img(p, torch.nn.functional.interpolate(samples, scale_factor=2),
                                            torch.zeros_like(torch.nn.functional.interpolate(samples, scale_factor=2)),
-                                           p.cond, p.uncond)  # fmt: skip
+                                           *p.conds)  # fmt: skip
         p.is_hr_pass = False
     p.processed = processed_images(samples)
     script.postprocess(p, p.processed, *args)
-    return samples
+    return samples.cpu()

@@ -6,11 +6,18 @@
   callback, and the three ways of splitting rows into UNet calls (``batch_cond_uncond`` on: one
   call; off: chunks of the batch size; cond/uncond token lengths differ without padding: cond in
   chunks of 2B (or B), then one uncond call). It records every UNet call for the tests.
+  The forward starts with ``sd_samplers_common.apply_refiner`` (tests/doubles/modules), as the
+  real one does, and the UNet is called through the model's wrapper (``apply_model`` →
+  ``sd_model.model``), where --medvram's pre-hook sits.
 * ``Sampler`` mirrors the ``sample``/``sample_img2img`` entry points of the samplers
-  (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop.
+  (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop over
+  ``sampler_extra_args`` (which the refiner switch replaces).
 * ``Processing`` and ``run_job`` mirror the script-hook order of ``modules/processing.py``
-  (``process`` → per pass ``process_before_every_sampling`` → sampler → ``postprocess``), with the
-  ``ScriptRunner``'s habit of logging, not raising, exceptions from script hooks.
+  (``process`` → conds from the text encoder (``setup_conds``) → per pass
+  ``process_before_every_sampling`` → sampler → VAE decode → ``postprocess``), with the
+  ``ScriptRunner``'s habit of logging, not raising, exceptions from script hooks. Latents and
+  conds live on ``devices.device`` (the fake GPU of tests/doubles/fake_gpu.py in some tests); the
+  recorded UNet calls are kept as CPU copies.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
-from modules import script_callbacks, shared
+from modules import devices, script_callbacks, sd_models, sd_samplers_common, shared
 
 
 @dataclass
@@ -44,11 +51,19 @@ class CFGDenoiser:
 
     def _inner(self, x, sigma, context, rows):
         t = (sigma * 100).long()
-        out = shared.sd_model.model.diffusion_model(x, t, context=context)
-        self.calls.append(UNetCall(rows, x.clone(), context.clone(), t.clone(), out.clone()))
+        out = shared.sd_model.apply_model(x, t, context)
+        self.calls.append(UNetCall(rows, x.cpu(), context.cpu(), t.cpu(), out.cpu()))
         return out
 
+    def update_inner_model(self):
+        c, uc = self.p.get_conds()
+        self.sampler.sampler_extra_args["cond"] = c
+        self.sampler.sampler_extra_args["uncond"] = uc
+
     def forward(self, x, sigma, uncond, cond, repeats, cond_scale=5.0, skip_uncond=False):
+        if sd_samplers_common.apply_refiner(self, sigma):
+            cond = self.sampler.sampler_extra_args["cond"]
+            uncond = self.sampler.sampler_extra_args["uncond"]
         batch = x.shape[0]
         index = torch.repeat_interleave(torch.arange(batch), torch.tensor(repeats))
         x_in = torch.cat([x[index], x])
@@ -96,18 +111,19 @@ class Sampler:
         self.p = p
         self.steps = steps
         self.denoiser: CFGDenoiser | None = None
+        self.sampler_extra_args: dict = {}
 
     def _loop(self, x, cond, uncond, steps):
         self.denoiser = CFGDenoiser(self, shared.sd_model.model.diffusion_model)
         self.denoiser.total_steps = steps
-        sigmas = torch.linspace(1.0, 0.1, steps)
+        self.sampler_extra_args = {"cond": cond, "uncond": uncond}
+        sigmas = torch.linspace(1.0, 0.1, steps, device=x.device)
         for i in range(steps):
             sigma = sigmas[i].repeat(x.shape[0])
             skip = i in self.p.skip_uncond_steps
-            denoised = self.denoiser.forward(x, sigma, uncond, cond, self.p.repeats, skip_uncond=skip)
+            args = self.sampler_extra_args
+            denoised = self.denoiser.forward(x, sigma, args["uncond"], args["cond"], self.p.repeats, skip_uncond=skip)
             x = x + 0.1 * (denoised - x)
-            if i in self.p.switch_model_at:  # a refiner switch, as sd_samplers_common.apply_refiner does
-                shared.sd_model = self.p.refiner
         return x
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
@@ -133,8 +149,15 @@ class Processing:
     enable_hr: bool = False
     hr_latent: int | tuple[int, int] = 16
     skip_uncond_steps: set = field(default_factory=set)
-    switch_model_at: set = field(default_factory=set)
-    refiner: object = None
+    #: The refiner (a ``CheckpointInfo`` of tests/doubles/sd_model.py) and the step fraction it takes over at.
+    refiner_checkpoint_info: object = None
+    refiner_switch_at: float | None = None
+    #: The conds the refiner's text encoder gives, when its context width differs from the base's.
+    refiner_cond: torch.Tensor | None = None
+    refiner_uncond: torch.Tensor | None = None
+    #: The hires pass's checkpoint (``None``: the one the generation started with, as A1111's
+    #: ``reload_model_weights(info=None)`` selects it).
+    hr_checkpoint_info: object = None
     is_hr_pass: bool = False
     sampler: Sampler | None = None
     samplers: list = field(default_factory=list)
@@ -147,6 +170,18 @@ class Processing:
     @property
     def batch_size(self) -> int:
         return len(self.repeats)
+
+    def setup_conds(self) -> None:
+        """The conds from the loaded model's text encoder (on the device; under lowvram this moves
+        the text encoder there and the UNet off it). The refiner's own conds when its width differs."""
+        model = shared.sd_model
+        cond, uncond = self.cond, self.uncond
+        if self.refiner_cond is not None and cond.shape[-1] != model.context_dim:
+            cond, uncond = self.refiner_cond, self.refiner_uncond
+        self.conds = (model.get_learned_conditioning(cond), model.get_learned_conditioning(uncond))
+
+    def get_conds(self):
+        return self.conds
 
 
 def _hw(side: int | tuple[int, int]) -> tuple[int, int]:
@@ -164,33 +199,40 @@ def run_job(script, args, p: Processing, errors: list[str] | None = None):
             errors.append(traceback.format_exc())
 
     def new_pass(x):
-        """A new sampler, then process_before_every_sampling (its errors reported, not raised)."""
+        """Conds, a new sampler, then process_before_every_sampling (its errors reported, not raised)."""
+        p.sd_model = shared.sd_model  # A1111: ``p.sd_model`` is a property over ``shared.sd_model``
+        p.setup_conds()
         p.sampler = Sampler(p, p.steps)
         p.samplers.append(p.sampler)
         try:
-            script.process_before_every_sampling(p, x=x, noise=x, c=p.cond, uc=p.uncond)
+            script.process_before_every_sampling(p, x=x, noise=x, c=p.conds[0], uc=p.conds[1])
         except Exception:
             errors.append(traceback.format_exc())
 
-    shared.sd_model = p.sd_model
+    sd_models.model_data.set_sd_model(p.sd_model)
+    selected = getattr(p.sd_model, "sd_checkpoint_info", None)  # the checkpoint chosen in the UI
     hook("process")
     g = torch.Generator().manual_seed(p.seed)
     batch = len(p.repeats)
-    x = torch.randn(batch, 4, *_hw(p.latent), generator=g)
+    x = torch.randn(batch, 4, *_hw(p.latent), generator=g).to(devices.device)
     new_pass(x)
     if p.img2img:
-        samples = p.sampler.sample_img2img(p, x, torch.randn_like(x), p.cond, p.uncond)
+        samples = p.sampler.sample_img2img(p, x, torch.randn_like(x), *p.conds)
     else:
-        samples = p.sampler.sample(p, x, p.cond, p.uncond)
+        samples = p.sampler.sample(p, x, *p.conds)
     if p.enable_hr:
         p.is_hr_pass = True
+        shared.sd_model.decode_first_stage(samples)  # the first pass's images (the VAE on the device)
+        info = p.hr_checkpoint_info or selected
+        if info is not None:  # back from a refiner, or to the hires checkpoint (``sample_hr_pass``)
+            sd_models.reload_model_weights(info=info)
         x = torch.nn.functional.interpolate(samples, size=_hw(p.hr_latent))
         new_pass(x)
-        samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), p.cond, p.uncond)
+        samples = p.sampler.sample_img2img(p, x, torch.zeros_like(x), *p.conds)
         p.is_hr_pass = False
-    p.processed = processed_images(samples)
+    p.processed = processed_images(shared.sd_model.decode_first_stage(samples))
     hook("postprocess", p.processed)
-    return samples
+    return samples.cpu()
 
 
 def processed_images(samples: torch.Tensor) -> SimpleNamespace:
@@ -199,7 +241,7 @@ def processed_images(samples: torch.Tensor) -> SimpleNamespace:
     from PIL import Image
 
     images = []
-    for latent in samples:
+    for latent in samples.cpu():
         rgb = (latent[:3].float().sigmoid() * 255).to(torch.uint8).permute(1, 2, 0).numpy()
         images.append(Image.fromarray(rgb).resize((rgb.shape[1] * 8, rgb.shape[0] * 8), Image.NEAREST))
     return SimpleNamespace(images=images, infotexts=["generated"] * len(images), index_of_first_image=0)

@@ -82,7 +82,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
     created.extend(written)
     server = WebUIProcess(root_path, tmp_path_factory.mktemp("webui") / "webui.log", checkpoint)
     try:
-        extras = write_extra_models(root_path, server.python, created)  # .bin twin, tiny SDXL
+        extras = write_extra_models(root_path, server.python, created, checkpoint)  # .bin twin, tiny SDXL, …
         server.start()
         client = Client(server.url, auth)
         took = server.wait_ready(client)

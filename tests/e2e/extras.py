@@ -7,7 +7,12 @@ the server starts (so its first scan lists them), and removed with the rest afte
   environment's torch, so the file carries the ``.format_version`` entry current torch writes (and
   A1111's 2023 allow-list in ``modules/safe.py`` would call "malicious"); see test_webui_files.py;
 * the tiny SDXL of :mod:`tests.e2e.sdxl` (``WEBUI_E2E_SDXL``; on by default for A1111); see
-  test_webui_sdxl.py.
+  test_webui_sdxl.py;
+* the probe extension of :mod:`tests.e2e.probe` (where the host keeps the model); see
+  test_webui_memory.py;
+* refiner twins: the session's checkpoint (and the tiny SDXL, with its yaml) again under another
+  name, as symbolic links, so a request can name them as its refiner and the host switches models
+  mid-sampling (same weights: what is tested is the switch); see test_webui_refiner.py.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sdxl
+from .probe import write_probe
 from .webui import ADAPTER_FILE
 
 BIN_TWIN_FILE = "e2e-tiny-plus-twin.bin"
+REFINER_TWIN_FILE = "e2e-refiner-twin.safetensors"
+SDXL_REFINER_TWIN_FILE = "e2e-tiny-sdxl-twin.safetensors"
 
 
 @dataclass
@@ -29,6 +37,9 @@ class ExtraModels:
     bin_twin: Path | None = None  # the .bin twin of ADAPTER_FILE
     sdxl: sdxl.SdxlFiles | None = None
     sdxl_skipped: str = ""  # why there is no tiny SDXL, when there is none
+    probe: Path | None = None  # the probe extension's script (tests/e2e/probe.py)
+    refiner_twin: Path | None = None  # the session's checkpoint under another name
+    sdxl_refiner_twin: Path | None = None  # the tiny SDXL under another name
 
 
 def write_bin_twin(adapter: Path, name: str = BIN_TWIN_FILE) -> Path:
@@ -43,13 +54,34 @@ def write_bin_twin(adapter: Path, name: str = BIN_TWIN_FILE) -> Path:
     return twin
 
 
-def write_extra_models(root: Path, python: str, created: list[Path]) -> ExtraModels:
-    """Write the extra files into the install at ``root`` (interpreter ``python``), appending every
-    path to ``created`` as it appears."""
+def write_extra_models(root: Path, python: str, created: list[Path], checkpoint: Path) -> ExtraModels:
+    """Write the extra files into the install at ``root`` (interpreter ``python``, started with
+    ``checkpoint``), appending every path to ``created`` as it appears."""
     extras = ExtraModels()
     extras.bin_twin = write_bin_twin(root / "models" / "ipadapter" / ADAPTER_FILE)
     created.append(extras.bin_twin)
     write, extras.sdxl_skipped = sdxl.wanted(root)
     if write:
         extras.sdxl = sdxl.write_tiny_sdxl(root, python, created)
+    extras.probe = write_probe(root, created)
+    folder = root / "models" / "Stable-diffusion"
+    extras.refiner_twin = link_twin(checkpoint, folder / REFINER_TWIN_FILE, created)
+    if extras.sdxl is not None:
+        tiny = folder / extras.sdxl.checkpoint
+        extras.sdxl_refiner_twin = link_twin(tiny, folder / SDXL_REFINER_TWIN_FILE, created)
     return extras
+
+
+def link_twin(checkpoint: Path, twin: Path, created: list[Path]) -> Path:
+    """``checkpoint`` again as ``twin`` (a symbolic link), with a copy of the ``.yaml`` beside it
+    when it has one (A1111 builds the model from it)."""
+    if twin.is_symlink() or twin.exists():
+        twin.unlink()
+    twin.symlink_to(checkpoint.resolve())
+    created.append(twin)
+    config = checkpoint.with_suffix(".yaml")
+    if config.is_file():
+        twin_config = twin.with_suffix(".yaml")
+        twin_config.write_text(config.read_text())
+        created.append(twin_config)
+    return twin

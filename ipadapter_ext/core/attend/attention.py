@@ -113,12 +113,16 @@ def sum_image_terms(qh: torch.Tensor, terms: Iterable[ImageKV]) -> torch.Tensor 
     for term in terms:
         if term.weight == 0:
             continue
-        k, v = term.scaler(term.k.to(qh.dtype), term.v.to(qh.dtype), term.weight)
+        # K/V follow the query: a host may run the UNet elsewhere than where they were built
+        # (A1111's --medvram/--lowvram move it in forward pre-hooks). No copy when they match.
+        k = term.k.to(device=qh.device, dtype=qh.dtype)
+        v = term.v.to(device=qh.device, dtype=qh.dtype)
+        k, v = term.scaler(k, v, term.weight)
         out = F.scaled_dot_product_attention(
             qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
         )
         if term.mask is not None:
-            out = out * term.mask.to(out.dtype)
+            out = out * term.mask.to(device=out.device, dtype=out.dtype)
         if term.record is not None:
             term.record(out)
         acc = out if acc is None else acc + out

@@ -61,6 +61,16 @@ class UnitKV:
     def __len__(self) -> int:
         return len(self.kv)
 
+    @property
+    def device(self) -> torch.device:
+        return self.kv[0][0].device if self.kv else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> None:
+        """Move the K/V (in place) to where the UNet now runs; nothing happens when they are there."""
+        device = torch.device(device)
+        if self.kv and self.device != device:
+            self.replace([(k.to(device), v.to(device)) for k, v in self.kv])
+
     def replace(self, kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Swap in moved copies of the per-layer K/V (a host's memory manager moved them); the
         cached row arrangements refer to the old tensors, so they are dropped."""
@@ -89,8 +99,13 @@ class UnitKV:
             index_list = [zero if r else n + i for r, i in zip(layout, images, strict=True)]
         else:
             index_list = [n + i if r else i for r, i in zip(layout, images, strict=True)]
-        index = torch.tensor(index_list, dtype=torch.long, device=k.device)
-        result = (k.index_select(0, index), v.index_select(0, index))
+        if len(set(index_list)) == 1:  # every row sees the same stored row: a view, no copy
+            row = index_list[0]
+            rows = len(index_list)
+            result = (k[row : row + 1].expand(rows, -1, -1), v[row : row + 1].expand(rows, -1, -1))
+        else:
+            index = torch.tensor(index_list, dtype=torch.long, device=k.device)
+            result = (k.index_select(0, index), v.index_select(0, index))
         if len(cache) >= MAX_LAYOUTS:
             cache.pop(next(iter(cache)))
         cache[key] = result

@@ -118,6 +118,11 @@ class FaceIDLoRA:
             raise ModelFileError(f"{filename}: the FaceID LoRA layers disagree on their rank ({sorted(ranks)}).")
         return cls(tuple(layers), ranks.pop())
 
+    def nbytes(self, dtype: torch.dtype) -> int:
+        """Bytes of the weights once cast to ``dtype``: what attaching puts next to the UNet."""
+        size = torch.empty((), dtype=dtype).element_size()
+        return size * sum(pair.down.numel() + pair.up.numel() for layer in self.layers for pair in layer.values())
+
     def attach(self, attention: Sequence[tuple[nn.Module, nn.Module]], strength: float) -> LoRAHooks:
         """Hook ``attention`` — (attn1, attn2) per transformer block, in adapter key order — and
         return the installed hooks; call :meth:`LoRAHooks.remove` (in a ``finally``) to undo."""

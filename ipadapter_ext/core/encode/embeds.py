@@ -29,7 +29,7 @@ def pack_embeds(cond: torch.Tensor, uncond: torch.Tensor, model: str) -> str:
 def unpack_embeds(text: str, where: str = "embeds") -> tuple[torch.Tensor, torch.Tensor, str]:
     """base64 safetensors → (cond, uncond, model name), validated."""
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64.b64decode("".join(text.split()), validate=True)  # line-wrapped base64 too
     except (binascii.Error, ValueError) as exc:
         raise IPAdapterError(f"{where}: not valid base64 ({exc}).") from exc
     try:
@@ -47,4 +47,14 @@ def unpack_embeds(text: str, where: str = "embeds") -> tuple[torch.Tensor, torch
         raise IPAdapterError(
             f"{where}: cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} must both be [1, T, C]."
         )
+    if not cond.is_floating_point() or not uncond.is_floating_point():
+        raise IPAdapterError(
+            f"{where}: cond and uncond must be floating-point tensors, not {cond.dtype}/{uncond.dtype}."
+        )
+    for name, tensor in (("cond", cond), ("uncond", uncond)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise IPAdapterError(
+                f"{where}: the {name} tokens contain NaN or infinite values, which would turn the image into "
+                "NaN. Encode the image again with /ipadapter/v1/encode."
+            )
     return cond, uncond, str(metadata.get("model", ""))

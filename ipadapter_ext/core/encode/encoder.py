@@ -147,6 +147,8 @@ class ClipVisionEncoder:
         self.identity = identity or f"{name}@{id(model):x}"
         self._uncond_hidden: torch.Tensor | None = None
         self._black_embeds: torch.Tensor | None = None
+        #: Where :meth:`encode` runs (the model moves there on first use); ``None``: where it is.
+        self.run_on: torch.device | None = None
 
     @classmethod
     def from_file(
@@ -180,6 +182,8 @@ class ClipVisionEncoder:
             raise EncoderError(
                 f"encoder '{self.name}' takes pixels of shape {expected}, got {tuple(pixels.shape[1:])}."
             )
+        if self.run_on is not None and self.device != torch.device(self.run_on):
+            self.model.to(self.run_on)
         out = self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
         embeds = self.model.visual_projection(out.pooler_output) if self.spec.projection_dim else None
         return EncodedImages(image_embeds=embeds, hidden=out.hidden_states[-2])
@@ -187,18 +191,18 @@ class ClipVisionEncoder:
     def uncond_hidden(self) -> torch.Tensor:
         """Penultimate hidden states of an all-zero *normalised* input (mid-grey), as the original
         repository builds the negative for plus and full-face adapters; computed once."""
-        if self._uncond_hidden is None or self._uncond_hidden.device != self.device:
+        if self._uncond_hidden is None:  # kept on the CPU: needing it must not move the encoder
             s = self.spec
             zeros = torch.zeros(1, s.num_channels, s.image_size, s.image_size)
             hidden = self.encode(zeros).hidden
             assert hidden is not None
-            self._uncond_hidden = hidden
+            self._uncond_hidden = hidden.cpu()
         return self._uncond_hidden
 
     def black_image_embeds(self) -> torch.Tensor:
         """[1, D] ``image_embeds`` of an all-black picture (pixels 0, normalised to −mean/std), the
         negative XLabs' Flux pipeline and diffusers' Flux pipeline encode; computed once."""
-        if self._black_embeds is None or self._black_embeds.device != self.device:
+        if self._black_embeds is None:  # kept on the CPU, like the uncond hidden states
             s = self.spec
             mean = torch.tensor(CLIP_MEAN).view(1, -1, 1, 1)
             std = torch.tensor(CLIP_STD).view(1, -1, 1, 1)
@@ -206,7 +210,7 @@ class ClipVisionEncoder:
             embeds = self.encode(pixels.contiguous()).image_embeds
             if embeds is None:
                 raise EncoderError(f"encoder '{self.name}' has no visual projection, so it gives no image embeds.")
-            self._black_embeds = embeds
+            self._black_embeds = embeds.cpu()
         return self._black_embeds
 
     def info(self) -> dict:

@@ -10,8 +10,12 @@ Lifetime of the hooks, per generation:
   of this job are wrapped so that hooks come off in a ``finally`` on every outcome: normal end,
   exception, interrupt or skip. A unit that cannot apply raises there, before sampling, so the
   user sees the error instead of an image silently made without it.
-* ``on_cfg_denoiser`` tells the job each step's progress and row layout, and notices a refiner
-  switch.
+* ``on_cfg_denoiser`` tells the job each step's progress and row layout, and follows a refiner
+  switch: ``sd_samplers_common.apply_refiner`` runs at the top of the CFG denoiser's forward,
+  before this callback, and loads the refiner through ``sd_models.reload_model_weights``, which
+  fires ``model_loaded_callback`` (sweeping every job) and either reloads the weights into the same
+  model or builds a new one. During a pass the job then goes onto the UNet that samples now, with
+  a console line, when its adapters fit that UNet, and is skipped with a console line otherwise.
 * ``postprocess``, the next job, a model load and script unload sweep anything left.
 """
 
@@ -21,9 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.errors import IPAdapterError
 from ...core.job import Job
-from ...core.load.compat import check_unet
 from ...interop.controlnet import coexistence_note
 from ..common import (
     StateBase,
@@ -53,11 +55,21 @@ def sweep() -> None:
 
 @dataclass
 class GenerationState(StateBase):
+    #: True from a pass's preparation to its end: the job follows whichever UNet samples (a refiner
+    #: loaded mid-pass), until one its adapters do not fit.
+    following: bool = False
+
     def ensure_job(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job for the UNet about to sample, and attach it."""
         unet, modules, signature = unet_layout(sd_model)
         place = placement(sd_model, unet)
         key = (signature, place.device, place.dtype)
+        if self.job is not None and key != self.key and (problem := self.fits(signature)) is not None:
+            # A later pass on another model than the one the units were prepared for: the refiner
+            # (or a hires checkpoint) is still loaded. Like a refiner switch, not an error.
+            self.job.detach()
+            self.note(f"IP-Adapter: not applied to {signature.family} in this pass: {problem}")
+            return
         if self.job is None or key != self.key:
             if self.job is not None:
                 self.job.detach()
@@ -65,6 +77,7 @@ class GenerationState(StateBase):
             self.key = key
             _live_jobs.add(self.job)
         self.job.attach(unet, modules)
+        self.following = True
         self.job.record_rows = self.maps
         self.start_maps()
         self.log_units()
@@ -73,20 +86,22 @@ class GenerationState(StateBase):
             self.note(note)
 
     def switch_model(self, sd_model: Any) -> None:
-        """The refiner replaced the model mid-sampling: follow it if the adapters fit it."""
+        """The refiner replaced the model mid-sampling (a new model, or new weights in the same
+        one): follow it if the adapters fit it, the FaceID LoRA included; otherwise stop here."""
         assert self.job is not None
         unet, modules, signature = unet_layout(sd_model)
-        try:
-            for unit in self.job.units:
-                check_unet(unit.adapter.info, signature, unit.adapter.name)
-        except IPAdapterError as exc:
+        problem = self.fits(signature)
+        if problem is not None:
             self.job.detach()
-            self.note(f"IP-Adapter: not applied after the switch to {signature.family}: {exc}")
+            self.following = False
+            self.note(f"IP-Adapter: not applied after the switch to {signature.family}: {problem}")
             return
         self.job.attach(unet, modules)
+        self.job.follow_device(placement(sd_model, unet).device)
         self.note(f"IP-Adapter: applied to the refiner ({signature.family}) too.")
 
     def detach(self) -> None:
+        self.following = False
         if self.job is not None:
             self.job.detach()
 
@@ -120,7 +135,8 @@ def on_cfg_denoiser(params: Any) -> None:
         return
     from modules import shared
 
-    if state.job.attached and shared.sd_model.model.diffusion_model is not state.job.unet:
+    # After a refiner switch the job is detached (the model-loaded sweep) or on the old UNet.
+    if state.following and (not state.job.attached or shared.sd_model.model.diffusion_model is not state.job.unet):
         state.switch_model(shared.sd_model)
     if not state.job.attached:
         return

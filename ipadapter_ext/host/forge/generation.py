@@ -11,7 +11,13 @@ Lifetime, per generation:
   (chaining any patch already on that key), the K/V go to Forge's memory management, and the
   clone is set back on ``p.sd_model.forge_objects``. The original patcher is never modified, so
   nothing needs removing: the next pass starts from the unpatched one.
-* ``on_cfg_denoiser`` reports each step's sigma and step fraction to the patches.
+* ``on_cfg_denoiser`` reports each step's sigma and step fraction to the patches, and follows a
+  refiner switch: Forge's ``apply_refiner`` (at the top of the CFG denoiser's forward, before this
+  callback) loads the refiner as a new model whose ``forge_objects.unet`` is unpatched, and has
+  already loaded it for sampling. When the units fit the refiner, its patcher is cloned and patched
+  the same way and loaded again through Forge's ``sampling_prepare`` (so the K/V module is in
+  memory management's hands), and the FaceID LoRA moves to its UNet; otherwise the units stop
+  there, with a console line.
 * A unit that cannot apply raises when sampling starts (HTTP 422 for the API), as on A1111.
 * Flux (XLabs adapters): the same, with object patches on the double blocks and a unet function
   wrapper instead of attn2 patches (``flux.py``).
@@ -46,8 +52,12 @@ BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's
 @dataclass
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
+    #: The patched clone this pass samples with; ``None`` outside a pass or once the units stopped
+    #: (a refiner they do not fit). Another patcher on the model means a refiner switch.
+    patched: Any = None
 
     def end_pass(self, p: Any) -> None:
+        self.patched = None
         if self.job is not None:
             self.job.detach_loras()
         self.keep_maps(p)
@@ -55,30 +65,65 @@ class ForgeState(StateBase):
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
-        flux = is_flux(patcher.model.diffusion_model)
         signature = model_signature(sd_model)
         place = forge_placement(patcher)
         key = (signature, place.device, place.dtype)
+        if self.job is not None and key != self.key and (problem := self.fits(signature)) is not None:
+            # a later pass on another model (the refiner still loaded): skipped, like a refiner switch
+            self.note(f"IP-Adapter: not applied to {signature.family} in this pass: {problem}")
+            return
         if self.job is None or key != self.key:
             self.job = engine().prepare(self.requests, signature, place)
             self.key = key
         self.log_units()
         self.clock = StepClock()  # a new pass: no step reported yet
         self.start_maps()
+        self.apply(sd_model)
+
+    def apply(self, sd_model: Any) -> None:
+        """Clone the model's UNet patcher, put the job's units on the clone, set it back."""
+        assert self.job is not None
+        patcher = sd_model.forge_objects.unet
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
-        if flux:
-            sd_model.forge_objects.unet = forge_flux.patched_clone(patcher, run)
+        if is_flux(patcher.model.diffusion_model):
+            sd_model.forge_objects.unet = self.patched = forge_flux.patched_clone(patcher, run)
             return
         clone = patcher.clone()
         register_patches(clone, run)
         clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)
-        sd_model.forge_objects.unet = clone
+        sd_model.forge_objects.unet = self.patched = clone
         # FaceID's LoRA: hooks on the shared UNet's attention Linears, taken off when the pass ends
-        # (the clone Forge discards cannot carry them: its modules are the same objects)
+        # (the clone Forge discards cannot carry them: its modules are the same objects). Their
+        # weights, cast to the UNet's dtype on its device, are memory Forge is told to keep free.
         self.job.attach_loras(clone.model.diffusion_model)
+        lora_bytes = sum(u.lora.nbytes(place_dtype(clone)) for u in self.job.units if u.applies_lora and u.lora)
+        if lora_bytes:
+            clone.add_extra_preserved_memory_during_sampling(lora_bytes)
         for text in coexistence_notes(run):
             self.note(text)
+
+    def switch_model(self, sd_model: Any, x: Any) -> None:
+        """The refiner replaced the model mid-sampling: patch its UNet too when the units fit it,
+        and have Forge load that clone (with the K/V module) as it loads every pass's clone."""
+        assert self.job is not None
+        signature = model_signature(sd_model)
+        problem = self.fits(signature)
+        if problem is not None:
+            self.patched = None
+            self.job.detach_loras()
+            self.note(f"IP-Adapter: not applied after the switch to {signature.family}: {problem}")
+            return
+        self.apply(sd_model)
+        from backend.sampling.sampling_function import sampling_prepare
+
+        sampling_prepare(sd_model.forge_objects.unet, x=x)
+        self.note(f"IP-Adapter: applied to the refiner ({signature.family}) too.")
+
+
+def place_dtype(patcher: Any) -> Any:
+    """The dtype the UNet computes in (what the LoRA weights are cast to)."""
+    return forge_placement(patcher).dtype
 
 
 def register_patches(patcher: Any, run: ForgeRun) -> None:
@@ -142,9 +187,13 @@ def before_sampling(p: Any) -> None:
 
 
 def on_cfg_denoiser(params: Any) -> None:
-    state: ForgeState | None = get_state(getattr(params.denoiser, "p", None))
+    p = getattr(params.denoiser, "p", None)
+    state: ForgeState | None = get_state(p)
     if not isinstance(state, ForgeState) or state.job is None:
         return
+    model = p.sd_model  # Forge: a property over ``shared.sd_model``, the model the denoiser runs
+    if state.patched is not None and model.forge_objects.unet is not state.patched:  # a refiner was loaded
+        state.switch_model(model, params.x)
     sigma = params.sigma
     state.clock.report(
         float(sigma.reshape(-1)[0]) if hasattr(sigma, "reshape") else float(sigma), step_progress(params)

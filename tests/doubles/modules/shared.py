@@ -29,6 +29,7 @@ def reset():
         skip_early_cond=0.0,
         s_min_uncond_all=False,
         upcast_attn=False,
+        hires_fix_refiner_pass="second pass",
     )
     cmd_opts = SimpleNamespace(medvram=False, lowvram=False, medvram_sdxl=False)
     sd_model = None

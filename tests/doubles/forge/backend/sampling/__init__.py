@@ -1,0 +1,1 @@
+"""Doubles of ``backend/sampling`` (see sampling_function.py)."""
