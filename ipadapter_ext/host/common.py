@@ -26,7 +26,16 @@ from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .img2img_inputs import resolve as resolve_img2img
 from .inpaint_area import follow_inpaint_area
-from .models import cache_size_changed, engine, folders_changed, loaded_signature, model_hash
+from .models import (
+    after_generation,
+    cache_size_changed,
+    engine,
+    folders_changed,
+    free_memory,
+    generation_queue,
+    loaded_signature,
+    model_hash,
+)
 from .settings import opt, register_settings
 
 log = logging.getLogger("ipadapter")
@@ -151,6 +160,20 @@ def drop_state(p: Any) -> None:
         delattr(p, STATE_ATTR)
 
 
+def end_generation(p: Any) -> None:
+    """``postprocess``: the job's state goes, and the caches are emptied when the settings say so.
+
+    The job (its K/V, on the GPU where the UNet runs) is let go of here, not when the state is:
+    the sampler wrapper holds the state, and the sampler sits in reference cycles with ``p``, so
+    without this the K/V of every generation stayed in memory until Python's cycle collector ran
+    (the soak found 17 generations' K/V held after 30 requests)."""
+    state = get_state(p)
+    if state is not None:
+        state.job = None
+    drop_state(p)
+    after_generation()
+
+
 def append_maps(p: Any, processed: Any, state: StateBase) -> None:
     """After the generated images, one attention map per image and enabled unit, each laid over
     its image, on one scale shared by every unit of the generation; its infotext says what it is."""
@@ -261,7 +284,7 @@ def register_common(script_callbacks: Any, current_placement: Callable[[], Any])
     def app_started(_demo: Any, app: Any) -> None:
         from ..api.routes import register_routes
 
-        register_routes(app, engine, loaded_signature, current_placement)
+        register_routes(app, engine, loaded_signature, current_placement, generation_queue, free_memory)
         install_bare_unit(app)
 
     script_callbacks.on_app_started(app_started, name="ipadapter_routes")

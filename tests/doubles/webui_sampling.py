@@ -7,7 +7,9 @@
   call; off: chunks of the batch size; cond/uncond token lengths differ without padding: cond in
   chunks of 2B (or B), then one uncond call). It records every UNet call for the tests.
 * ``Sampler`` mirrors the ``sample``/``sample_img2img`` entry points of the samplers
-  (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop.
+  (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop. An interrupt
+  (``shared.state.interrupted``) raises ``InterruptedException`` at the next denoiser call, and the
+  sampler returns the last latent, as ``sd_samplers_common.launch_sampling`` does.
 * ``Processing`` and ``run_job`` mirror the script-hook order of ``modules/processing.py``
   (``process`` → per pass ``process_before_every_sampling`` → sampler → ``postprocess``), with the
   ``ScriptRunner``'s habit of logging, not raising, exceptions from script hooks.
@@ -32,6 +34,11 @@ class UNetCall:
     out: torch.Tensor
 
 
+class InterruptedException(BaseException):
+    """``modules/sd_samplers_common.InterruptedException``: a BaseException, so only the sampler's
+    own ``except`` stops it (and every ``finally`` on the way runs)."""
+
+
 class CFGDenoiser:
     def __init__(self, sampler, unet):
         self.sampler = sampler
@@ -49,6 +56,9 @@ class CFGDenoiser:
         return out
 
     def forward(self, x, sigma, uncond, cond, repeats, cond_scale=5.0, skip_uncond=False):
+        state = getattr(shared, "state", None)
+        if state is not None and (state.interrupted or state.skipped):
+            raise InterruptedException
         batch = x.shape[0]
         index = torch.repeat_interleave(torch.arange(batch), torch.tensor(repeats))
         x_in = torch.cat([x[index], x])
@@ -101,10 +111,16 @@ class Sampler:
         self.denoiser = CFGDenoiser(self, shared.sd_model.model.diffusion_model)
         self.denoiser.total_steps = steps
         sigmas = torch.linspace(1.0, 0.1, steps)
+        state = getattr(shared, "state", None)
         for i in range(steps):
+            if state is not None:
+                state.sampling_step, state.sampling_steps = i, steps
             sigma = sigmas[i].repeat(x.shape[0])
             skip = i in self.p.skip_uncond_steps
-            denoised = self.denoiser.forward(x, sigma, uncond, cond, self.p.repeats, skip_uncond=skip)
+            try:
+                denoised = self.denoiser.forward(x, sigma, uncond, cond, self.p.repeats, skip_uncond=skip)
+            except InterruptedException:  # launch_sampling: the last latent is the result
+                return x
             x = x + 0.1 * (denoised - x)
             if i in self.p.switch_model_at:  # a refiner switch, as sd_samplers_common.apply_refiner does
                 shared.sd_model = self.p.refiner

@@ -29,7 +29,7 @@ from ..common import (
     StateBase,
     append_faces,
     append_maps,
-    drop_state,
+    end_generation,
     get_state,
     new_state,
     prepare_or_record,
@@ -135,7 +135,7 @@ def postprocess(p: Any, processed: Any = None) -> None:
         if processed is not None:
             append_maps(p, processed, state)
             append_faces(processed, state)
-        drop_state(p)
+        end_generation(p)
 
 
 def register_callbacks() -> None:
