@@ -5,7 +5,7 @@ that each of the soak tool's checks catches the kind of bug it is there for. The
   sweep), so the next generation without a unit still gets an image term;
 * ``cache-key``: the embedding cache forgets the image in its key, so a unit gets the encoding of
   whatever image was encoded before with the same encoder and crop;
-* ``leak``: every generation keeps 8 MiB alive for good.
+* ``leak``: every generation keeps 16 MiB alive for good.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _leak() -> None:
     original = a1111.process
 
     def process(p: Any, args: tuple) -> None:
-        _kept.append(torch.ones(2 * 2**20))  # 8 MiB, touched, never freed
+        _kept.append(torch.ones(4 * 2**20))  # 16 MiB, touched, never freed
         original(p, args)
 
     a1111.process = process

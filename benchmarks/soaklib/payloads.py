@@ -86,7 +86,9 @@ class References:
         self.images = [reference(seed * 1000 + i, size) for i in range(count)]
         self.faces = [face_photo(seed * 1000 + i) for i in range(8)]
         self.no_face = face_photo(seed * 1000 + 99, face=False)
-        self.fixed = reference(seed * 1000 + 999_999, size)  # the fixed unit's, never in the pool
+        #: The fixed unit's two references, never in the pool: it alternates between them, so that a
+        #: cache answering one for the other (a key that misses what differs) shows as a change.
+        self.fixed = (reference(seed * 1000 + 999_998, size), reference(seed * 1000 + 999_999, size))
         self.used: set[int] = set()
 
     def take(self, index: int) -> str:

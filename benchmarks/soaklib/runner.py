@@ -124,10 +124,13 @@ class Runner:
         self._first: dict[str, np.ndarray] = {}
         fixed_model = next((n for n in catalog.clip_models if catalog.kind(n) == "resampler"), catalog.clip_models[0])
         self.baseline_body = plain(config.size, config.steps)
-        self.fixed_body = with_units(
-            plain(config.size, config.steps, prompt="soak fixed unit", seed=2),
-            {"image": refs.fixed, "model": fixed_model, "weight": 0.8},
-        )
+        self.fixed_bodies = [
+            with_units(
+                plain(config.size, config.steps, prompt="soak fixed unit", seed=2),
+                {"image": image, "model": fixed_model, "weight": 0.8},
+            )
+            for image in refs.fixed
+        ]
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _record(self, step: Step, kind: str, answer: Answer, ok: bool, problem: str = "", same: bool | None = None):
@@ -161,12 +164,29 @@ class Runner:
 
     # -- the run ----------------------------------------------------------------------------
     def prepare(self) -> None:
-        """The first answers of the fixed requests, which later ones must equal."""
-        for name, body in (("baseline", self.baseline_body), ("fixed unit", self.fixed_body)):
+        """The first answers of the fixed requests, which later ones must equal; then one request
+        of each model and each generation mode, so that the memory measured from request N/6 on
+        is that of a warm server (models loaded once, every code path run), not its warm-up."""
+        fixed = [("baseline", self.baseline_body)] + [(f"fixed unit {i}", b) for i, b in enumerate(self.fixed_bodies)]
+        for name, body in fixed:
+            self.http.post("/ipadapter/v1/cache/clear")  # each first answer computed from cold caches
             answer = self.http.post("/sdapi/v1/txt2img", body)
             if answer.status != 200:
                 raise RuntimeError(f"the first {name} request failed: HTTP {answer.status}: {answer.detail[:500]}")
             self._first[name] = pixels(answer.body["images"][0])
+        rng = random.Random(0)
+        warm = [("/sdapi/v1/txt2img", with_units(plain(self.config.size, self.config.steps, "soak warm-up"),
+                                                 {"image": self.refs.faces[0] if n in self.catalog.face_models
+                                                  else self.refs.fixed[0], "model": n}))
+                for n in self.catalog.models]  # fmt: skip
+        for mode in GENERATIONS:
+            warm.append(generation(rng, self.catalog, self.refs, 0, mode, self.config.size, self.config.steps, 1))
+        for path, body in warm:
+            answer = self.http.post(path, body)
+            if answer.status != 200:
+                raise RuntimeError(f"a warm-up request failed: HTTP {answer.status}: {answer.detail[:500]}")
+        if self.catalog.face_models:
+            self.http.post("/ipadapter/v1/faces", {"image": self.refs.faces[0]})
 
     def run(self, plan: list[Step]) -> None:
         pending = iter(plan)
@@ -197,7 +217,8 @@ class Runner:
         if step.kind == "baseline":
             self._fixed(step, "baseline", "baseline", self.baseline_body)
         elif step.kind == "fixed unit":
-            self._fixed(step, "fixed unit", "fixed unit", self.fixed_body)
+            which = (step.index // 10) % len(self.fixed_bodies)
+            self._fixed(step, "fixed unit", f"fixed unit {which}", self.fixed_bodies[which])
         elif step.kind in GENERATIONS:
             path, body = generation(rng, self.catalog, self.refs, step.ref, step.kind, cfg.size, cfg.steps, step.seed)
             units = len(body.get("alwayson_scripts", {}).get("IP-Adapter", {}).get("args", []))
@@ -282,7 +303,7 @@ class Runner:
         self._expect_200(
             step, "switch checkpoint", self.http.post("/sdapi/v1/options", {"sd_model_checkpoint": second})
         )
-        answer = self.http.post("/sdapi/v1/txt2img", {**self.fixed_body, "prompt": "soak second checkpoint"})
+        answer = self.http.post("/sdapi/v1/txt2img", {**self.fixed_bodies[0], "prompt": "soak second checkpoint"})
         fits = answer.status == 200 or (answer.status == 422 and "fit" in answer.detail)
         self._record(step, "unit on the second checkpoint", answer, fits, "" if fits else answer.detail[:300])
         self._expect_200(step, "switch back", self.http.post("/sdapi/v1/options", {"sd_model_checkpoint": first}))

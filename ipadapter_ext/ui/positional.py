@@ -125,16 +125,15 @@ def check_positional(args: Sequence[Any]) -> None:
     width = len(UNIT_FIELDS)
     rest = len(args) - 1
     units = rest // width
+    toggles = units > 0 and rest - units * width <= len(TOGGLES)  # else a shorter list ends in a partial unit
     for index, value in enumerate(args[1:], start=1):
         offset = index - 1
-        if offset < units * width:
+        if offset < units * width or not toggles:
             number, name = offset // width + 1, UNIT_FIELDS[offset % width]
             what = f"unit {number} '{name}'"
         else:
-            toggle = offset - units * width
-            if toggle >= len(TOGGLES):
-                continue  # slots past ours belong to nobody (the WebUI copies only our range)
-            name, what = TOGGLES[toggle], f"'{TOGGLES[toggle]}'"
+            name = TOGGLES[offset - units * width]
+            what = f"'{name}'"
         kind = "bool" if name in TOGGLES else kinds.get(name)
         if kind is None:
             continue
