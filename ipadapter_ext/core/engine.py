@@ -129,7 +129,8 @@ class Engine:
         #: Where cold loads are announced (the WebUI console).
         self.announce = announce
         self.lock = threading.RLock()
-        self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()  # K/V held by live generations (for the report)
+        #: The K/V of prepared units still alive anywhere (a job, a host's patches), for the report.
+        self._kv: weakref.WeakSet[UnitKV] = weakref.WeakSet()
 
     def _load(self, cache: ModelCache, what: str, path: Path, build: Callable[[], object]) -> object:
         def load() -> object:
@@ -173,21 +174,18 @@ class Engine:
 
     def cache_report(self) -> dict[str, dict]:
         """What each cache holds now and its bounds (``GET /ipadapter/v1/cache``)."""
-        jobs = list(self._jobs)
-        kv_bytes: dict[str, int] = {}
-        for job in jobs:
-            for device, size in held_bytes([unit.kv for unit in job.units]).items():
-                kv_bytes[device] = kv_bytes.get(device, 0) + size
+        kv = list(self._kv)
+        kv_bytes = held_bytes(kv)
         report = {
             "adapters": self.adapters.report(),
             "encoders": self.encoders.report(),
             "embeddings": self.embeddings.report(),
             "kv": {
-                "entries": sum(len(job.units) for job in jobs),
+                "entries": len(kv),
                 "max_entries": None,
                 "bytes": sum(kv_bytes.values()),
                 "bytes_by_device": kv_bytes,
-                "held_by": "the generations running now (freed when each ends)",
+                "held_by": "the units of generations still referenced (running ones; freed when each ends)",
             },
         }
         if self.faces is not None:
@@ -388,6 +386,5 @@ class Engine:
                     units.append(self._prepare_unit(req, unet, place))
                 except IPAdapterError as exc:
                     raise IPAdapterError(f"IP-Adapter unit {req.number}: {exc}") from exc
-        job = Job(units, upcast=place.upcast_attention)
-        self._jobs.add(job)
-        return job
+        self._kv.update(unit.kv for unit in units)
+        return Job(units, upcast=place.upcast_attention)
