@@ -169,6 +169,7 @@ def generation(
         "batch_size": batch,
         "cfg_scale": 5,
         "sampler_name": "Euler",
+        "scheduler": "Automatic",
     }
     img2img = mode in ("img2img", "inpaint")
     if mode == "hires":
@@ -191,7 +192,7 @@ def generation(
 
 def plain(size: int, steps: int, prompt: str = "soak baseline", seed: int = 1) -> dict:
     return {"prompt": prompt, "steps": steps, "width": size, "height": size, "seed": seed, "cfg_scale": 5,
-            "sampler_name": "Euler", "batch_size": 1}  # fmt: skip
+            "sampler_name": "Euler", "scheduler": "Automatic", "batch_size": 1}  # fmt: skip
 
 
 def with_units(body: dict, *units: Any) -> dict:
