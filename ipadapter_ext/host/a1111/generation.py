@@ -104,7 +104,7 @@ def before_sampling(p: Any) -> None:
     state: GenerationState | None = get_state(p)
     if state is None:
         return
-    wrap_sampler(p, state, lambda: state.end_pass(p))  # hooks come off in a finally around the sampler
+    wrap_sampler(p, state, lambda live: live.end_pass(p))  # hooks come off in a finally around the sampler
     if state.error is not None:
         return
     if state.skip_hires(p):

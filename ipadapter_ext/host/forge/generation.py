@@ -134,7 +134,7 @@ def before_sampling(p: Any) -> None:
     if state is None:
         return
     # Forge resets the patcher each pass; what is left to undo is FaceID's LoRA hooks
-    wrap_sampler(p, state, lambda: state.end_pass(p))
+    wrap_sampler(p, state, lambda live: live.end_pass(p))
     if state.error is not None or state.skip_hires(p):
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
