@@ -28,11 +28,15 @@ def positional(model: str) -> list:
 
 
 def post_args(webui: WebUI, args: list):
-    return webui.client.post("/sdapi/v1/txt2img", {**txt2img_payload(), "alwayson_scripts": {SCRIPT_TITLE: {"args": args}}})
+    return webui.client.post(
+        "/sdapi/v1/txt2img", {**txt2img_payload(), "alwayson_scripts": {SCRIPT_TITLE: {"args": args}}}
+    )
 
 
 def test_a_right_positional_list_generates_with_the_unit(webui: WebUI, model: str):
-    by_list = generate(webui.client, {**txt2img_payload(), "alwayson_scripts": {SCRIPT_TITLE: {"args": positional(model)}}})
+    by_list = generate(
+        webui.client, {**txt2img_payload(), "alwayson_scripts": {SCRIPT_TITLE: {"args": positional(model)}}}
+    )
     by_object = generate(webui.client, with_units(txt2img_payload(), unit(model, 0.8)))
     plain = generate(webui.client, txt2img_payload())
     assert same_pixels(by_list[0], by_object[0]) and not same_pixels(by_list[0], plain[0])
