@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,8 @@ class Catalog:
 
 
 class References:
-    """The pool of distinct references, handed out in turn so that every one of them is used."""
+    """The pool of distinct references, handed out in turn (the next one each time, round the pool),
+    so that with a few hundred requests every one of them passes through the WebUI."""
 
     def __init__(self, count: int, size: int, seed: int) -> None:
         self.images = [reference(seed * 1000 + i, size) for i in range(count)]
@@ -90,17 +92,18 @@ class References:
         #: cache answering one for the other (a key that misses what differs) shows as a change.
         self.fixed = (reference(seed * 1000 + 999_998, size), reference(seed * 1000 + 999_999, size))
         self.used: set[int] = set()
+        self._next = 0
+        self._lock = threading.Lock()
 
-    def take(self, index: int) -> str:
-        """Reference number ``index`` of the pool (the plan numbers them in order)."""
-        i = index % len(self.images)
-        self.used.add(i)
+    def take(self) -> str:
+        with self._lock:
+            i = self._next % len(self.images)
+            self._next += 1
+            self.used.add(i)
         return self.images[i]
 
 
-def unit(
-    rng: random.Random, catalog: Catalog, refs: References, ref_index: int, img2img: bool, inpaint: bool, batch: int
-) -> dict:
+def unit(rng: random.Random, catalog: Catalog, refs: References, img2img: bool, inpaint: bool, batch: int) -> dict:
     """One random unit that must be accepted (every field within what its model allows)."""
     faces = catalog.face_models
     pool = catalog.clip_models + faces
@@ -117,10 +120,10 @@ def unit(
         if rng.random() < 0.3:
             u["show_faces"] = True
     else:
-        _clip_sources(u, rng, refs, ref_index, img2img, batch)
+        _clip_sources(u, rng, refs, img2img, batch)
         u["crop"] = rng.choice(catalog.choices.get("crop", ["center"]))
         if rng.random() < 0.3 and not u.get("image_from_init"):
-            u["negative_image"] = refs.take(ref_index + 1)
+            u["negative_image"] = refs.take()
         if rng.random() < 0.2:
             u["noise"] = round(rng.uniform(0.05, 0.5), 2)
     u["weight_type"] = rng.choice(catalog.choices.get("weight_type", ["linear"]))
@@ -139,14 +142,14 @@ def unit(
     return u
 
 
-def _clip_sources(u: dict, rng: random.Random, refs: References, ref_index: int, img2img: bool, batch: int) -> None:
+def _clip_sources(u: dict, rng: random.Random, refs: References, img2img: bool, batch: int) -> None:
     """Where a CLIP unit's references come from: one or several images (weighted, combined), or
     the img2img input images, one per generated image."""
     if img2img and rng.random() < 0.3:
         u["image_from_init"] = True
         return
     count = rng.choice((1, 1, 1, 2, 3))
-    images = [refs.take(ref_index + i) for i in range(count)]
+    images = [refs.take() for _ in range(count)]
     u["image"] = images if count > 1 else images[0]
     if count > 1:
         if rng.random() < 0.5:
@@ -155,7 +158,7 @@ def _clip_sources(u: dict, rng: random.Random, refs: References, ref_index: int,
 
 
 def generation(
-    rng: random.Random, catalog: Catalog, refs: References, ref_index: int, mode: str, size: int, steps: int, seed: int
+    rng: random.Random, catalog: Catalog, refs: References, mode: str, size: int, steps: int, seed: int
 ) -> tuple[str, dict]:
     """(path, body) of a random generation: ``mode`` is txt2img, hires, img2img or inpaint."""
     batch = rng.choice((1, 1, 2, 3))
@@ -176,15 +179,12 @@ def generation(
         body.update(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=max(1, steps // 2), denoising_strength=0.5,
                     hr_upscaler="Latent")  # fmt: skip
     if img2img:
-        inits = [refs.take(ref_index + 50 + i) for i in range(batch if rng.random() < 0.5 else 1)]
+        inits = [refs.take() for _ in range(batch if rng.random() < 0.5 else 1)]
         body.update(init_images=inits, denoising_strength=0.6)
     if mode == "inpaint":
         body.update(mask=rectangle_mask(rng, size, size), inpaint_full_res=rng.random() < 0.5,
                     inpaint_full_res_padding=8, inpainting_fill=1, mask_blur=2)  # fmt: skip
-    units = [
-        unit(rng, catalog, refs, ref_index + 3 * i, img2img, mode == "inpaint", batch)
-        for i in range(rng.choice((0, 1, 1, 2, 3)))
-    ]
+    units = [unit(rng, catalog, refs, img2img, mode == "inpaint", batch) for i in range(rng.choice((0, 1, 1, 2, 3)))]
     if units:
         body["alwayson_scripts"] = {"IP-Adapter": {"args": units}}
     return ("/sdapi/v1/img2img" if img2img else "/sdapi/v1/txt2img"), body

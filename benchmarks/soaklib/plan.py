@@ -1,10 +1,9 @@
 """The schedule of a run, drawn from the seed before it starts: which kind each request is.
 
 Every 10th request (0, 10, 20 …) is the fixed no-unit baseline and every 10th from 5 on the fixed
-one-unit request; the rest are drawn by weight. Each request carries its own seed and the first
-reference it takes from the pool, so what it sends does not depend on which client runs it or
-when, and the pool's references are handed out in turn (with 300 requests each of the 100 is
-used several times).
+one-unit request; the rest are drawn by weight. Each request carries its own seed, so what it
+sends (kinds, units, fields) does not depend on which client runs it or when; only which of the
+pool's references it gets does, as they are handed out in turn (``payloads.References``).
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ WEIGHTS = {
     "cache": 3,
 }
 GENERATIONS = ("txt2img", "hires", "img2img", "inpaint")
-#: References one request may take from the pool (units × images, negatives, init images).
-REFS_PER_STEP = 7
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,6 @@ class Step:
     index: int
     kind: str
     seed: int
-    ref: int  # index of the first reference it takes from the pool
 
 
 def draw_plan(count: int, seed: int, exclude: tuple[str, ...] = ()) -> list[Step]:
@@ -45,7 +41,7 @@ def draw_plan(count: int, seed: int, exclude: tuple[str, ...] = ()) -> list[Step
     rng = random.Random(seed)
     kinds = [k for k in WEIGHTS if k not in exclude]
     weights = [WEIGHTS[k] for k in kinds]
-    steps, ref = [], 0
+    steps = []
     for index in range(count):
         if index % 10 == 0:
             kind = "baseline"
@@ -53,7 +49,5 @@ def draw_plan(count: int, seed: int, exclude: tuple[str, ...] = ()) -> list[Step
             kind = "fixed unit"
         else:
             kind = rng.choices(kinds, weights)[0]
-        steps.append(Step(index, kind, rng.randrange(1 << 31), ref))
-        if kind in GENERATIONS or kind in ("encode", "malformed", "interrupt", "switch"):
-            ref += REFS_PER_STEP
+        steps.append(Step(index, kind, rng.randrange(1 << 31)))
     return steps

@@ -180,7 +180,7 @@ class Runner:
                                                   else self.refs.fixed[0], "model": n}))
                 for n in self.catalog.models]  # fmt: skip
         for mode in GENERATIONS:
-            warm.append(generation(rng, self.catalog, self.refs, 0, mode, self.config.size, self.config.steps, 1))
+            warm.append(generation(rng, self.catalog, self.refs, mode, self.config.size, self.config.steps, 1))
         for path, body in warm:
             answer = self.http.post(path, body)
             if answer.status != 200:
@@ -220,7 +220,7 @@ class Runner:
             which = (step.index // 10) % len(self.fixed_bodies)
             self._fixed(step, "fixed unit", f"fixed unit {which}", self.fixed_bodies[which])
         elif step.kind in GENERATIONS:
-            path, body = generation(rng, self.catalog, self.refs, step.ref, step.kind, cfg.size, cfg.steps, step.seed)
+            path, body = generation(rng, self.catalog, self.refs, step.kind, cfg.size, cfg.steps, step.seed)
             units = len(body.get("alwayson_scripts", {}).get("IP-Adapter", {}).get("args", []))
             self._expect_200(step, f"{step.kind} ({units} units)", self.http.post(path, body), body["batch_size"])
         elif step.kind == "malformed":
@@ -237,7 +237,7 @@ class Runner:
     def _encode(self, step: Step, rng: random.Random) -> None:
         model = rng.choice(self.catalog.clip_models + self.catalog.face_models)
         face = model in self.catalog.face_models
-        image = rng.choice(self.refs.faces) if face else self.refs.take(step.ref)
+        image = rng.choice(self.refs.faces) if face else self.refs.take()
         answer = self._expect_200(
             step, "encode", self.http.post("/ipadapter/v1/encode", {"image": image, "model": model})
         )
@@ -272,11 +272,11 @@ class Runner:
 
     def _interrupt(self, step: Step, rng: random.Random) -> None:
         """A generation with a unit, interrupted as soon as it starts or midway; then the baseline."""
-        path, body = generation(rng, self.catalog, self.refs, step.ref, rng.choice(["txt2img", "hires"]),
+        path, body = generation(rng, self.catalog, self.refs, rng.choice(["txt2img", "hires"]),
                                 self.config.size, self.config.interrupt_steps, step.seed)  # fmt: skip
         body["batch_size"] = 1
         if "alwayson_scripts" not in body:
-            body = with_units(body, payloads.unit(rng, self.catalog, self.refs, step.ref, False, False, 1))
+            body = with_units(body, payloads.unit(rng, self.catalog, self.refs, False, False, 1))
         at_step = rng.choice([0, 1, self.config.interrupt_steps // 2])
         done: dict[str, Answer] = {}
         worker = threading.Thread(target=lambda: done.update(answer=self.http.post(path, body)))
