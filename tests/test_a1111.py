@@ -257,5 +257,6 @@ def test_loading_models_leaves_the_global_generator_alone(webui):
     job = a1111.engine().prepare(
         [UnitRequest(1, [image(1)], "tiny-plus")], signature, a1111.placement(model, webui.unet)
     )
-    assert job.units and a1111.engine().loaded._items  # the adapter and encoder were loaded just now
+    engine = a1111.engine()
+    assert job.units and engine.adapters.loads == engine.encoders.loads == 1  # both were loaded just now
     assert torch.equal(torch.random.get_rng_state(), before)

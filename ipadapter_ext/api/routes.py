@@ -13,8 +13,11 @@ work under the fastapi/pydantic versions of A1111 (pydantic 1) and Forge (pydant
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -132,15 +135,24 @@ def register_routes(
     engine: Callable[[], Engine],
     unet_signature: Callable[[], UNetSignature | None],
     placement: Callable[[], Placement] | None = None,
+    exclusive: Callable[[], AbstractContextManager] | None = None,
+    cleared: Callable[[], None] | None = None,
 ) -> None:
-    """Add the ``/ipadapter/v1/*`` GET routes to ``app``.
+    """Add the ``/ipadapter/v1/*`` routes to ``app``.
 
     ``engine`` and ``unet_signature`` are called per request, so the routes always see the
     current registry and the checkpoint loaded right now (``None`` when there is none). The
     WebUI may call its app-started callbacks more than once (e.g. on a UI reload) with the same
     app; a path already present is left alone, so no route is ever added twice.
+
+    The routes that run models (``/encode``, ``/faces``) run inside ``exclusive()``: the host's
+    generation queue (the lock the WebUI's own txt2img and interrogate routes take), so they never
+    move an encoder or load a model onto the GPU while a generation samples (Forge's memory
+    manager, A1111's ``--medvram`` placement), and inside the engine's lock besides. ``cleared``
+    runs after ``POST /cache/clear`` (the host frees its own memory, e.g. ``gc`` and the CUDA cache).
     """
     present = _route_paths(app)
+    guard = exclusive or contextlib.nullcontext
 
     def add(path: str, endpoint: Callable[..., dict[str, Any]], summary: str, method: str = "GET") -> None:
         full = PREFIX + path
@@ -170,20 +182,44 @@ def register_routes(
     def schema() -> dict[str, Any]:
         return unit_schema()
 
+    def cache() -> dict[str, Any]:
+        return {"caches": engine().cache_report()}
+
+    def cache_clear() -> dict[str, Any]:
+        emptied = engine().clear_caches()
+        if cleared is not None:
+            cleared()
+        return {"cleared": emptied, "caches": engine().cache_report()}
+
+    def models_lock(endpoint: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(endpoint)  # fastapi reads the wrapped signature (the body parameter)
+        def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            with guard(), engine().lock:
+                return endpoint(*args, **kwargs)
+
+        return run
+
     add("/version", version, "Extension version")
     add("/models", models, "IP-Adapter models, with their detected type and fit to the loaded checkpoint")
     add("/encoders", encoders, "CLIP vision encoders, with their detected shapes")
     add("/schema", schema, "JSON schema of one IP-Adapter unit (alwayson_scripts args)")
+    add("/cache", cache, "What the caches (models, encodings, faces, K/V) hold now, with their bounds")
+    add("/cache/clear", cache_clear, "Empty the caches: loaded models, encodings, faces", "POST")
     if placement is not None:
         add(
             "/encode",
-            encode_endpoint(engine, placement),
+            models_lock(encode_endpoint(engine, placement)),
             "Encode reference images for a model; the result goes in a unit's embeds",
             "POST",
         )
     from .faces import faces_endpoint
 
-    add("/faces", faces_endpoint(engine), "Faces found in a photo: boxes, scores, keypoints, aligned crops", "POST")
+    add(
+        "/faces",
+        models_lock(faces_endpoint(engine)),
+        "Faces found in a photo: boxes, scores, keypoints, aligned crops",
+        "POST",
+    )
 
 
 #: The unit fields that decide the tokens (the rest act at sampling time and stay in the unit).

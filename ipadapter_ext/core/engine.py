@@ -9,7 +9,8 @@ needs is computed here once, before sampling; a mismatch or a missing input is a
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,9 +29,11 @@ from .encode.faces import FaceReferences, FoundFace
 from .encode.references import encode_references
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
+from .load import progress
 from .load.adapter import IPAdapterModel
 from .load.compat import UNetSignature, check_encoder, check_unet
 from .load.detect import EncoderOutput
+from .load.loaded import ModelCache, file_key, held_bytes
 from .load.registry import ModelRegistry
 from .project.projections import EncodedImages
 
@@ -78,34 +81,6 @@ class UnitRequest:
     show_faces: bool = False  # return the detected faces (a request-wide switch; the host renders)
 
 
-class LoadedModels:
-    """Loaded adapters and encoders keyed by (kind, path, size, mtime); least recently used first out."""
-
-    def __init__(self, max_items: int = 3) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[tuple, object] = OrderedDict()
-
-    def get(self, kind: str, path: Path, load: Callable[[], object]) -> object:
-        stat = path.stat()
-        key = (kind, str(path), stat.st_size, stat.st_mtime_ns)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        # Building modules draws their random initial weights from torch's global generator, which
-        # the WebUI seeds per generation and keeps drawing from (ancestral samplers' noise, the
-        # VAE's latent sample in img2img). Loading must not move it, or the first generation after
-        # a load would differ from the same seed later.
-        with torch.random.fork_rng(devices=[]):
-            value = load()
-        self._items[key] = value
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
 @dataclass
 class Placement:
     """Where the UNet runs; encoders and K/V follow it."""
@@ -138,35 +113,106 @@ def running_on(place: Placement, adapter: IPAdapterModel, encoder: ClipVisionEnc
                 encoder.to("cpu")
 
 
+#: Default bounds of the loaded-model caches: three units with three adapters, and the two
+#: encoders SD1.5 and SDXL adapters need (ViT-H, bigG), stay loaded.
+ADAPTERS_KEPT = 4
+ENCODERS_KEPT = 2
+
+
+def _size_text(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MB"
+
+
 class Engine:
+    """Lives as long as the WebUI process; owns the registry and every cache.
+
+    ``lock`` is held while units are prepared (models loaded, moved to the UNet's device,
+    references encoded, K/V projected) and by the HTTP routes that use the same models, so a
+    route never moves an encoder or adapter that a generation is using at that moment. Sampling
+    itself needs none of them (the K/V are computed by then), so the lock is never held across
+    a sampling pass.
+    """
+
     def __init__(
         self,
         registry: ModelRegistry,
         embedding_cache_size: int = 32,
-        loaded_models: int = 3,
         faces: FaceReferences | None = None,
+        adapters_kept: int = ADAPTERS_KEPT,
+        encoders_kept: int = ENCODERS_KEPT,
+        announce: Callable[[str], None] = print,
     ) -> None:
         self.registry = registry
         self.embeddings = EmbeddingCache(embedding_cache_size)
-        self.loaded = LoadedModels(loaded_models)
+        self.adapters = ModelCache("adapters", adapters_kept)
+        self.encoders = ModelCache("encoders", encoders_kept)
         #: Face analysis for the FaceID adapters (``None``: a host that offers none).
         self.faces = faces
+        #: Where cold loads are announced (the WebUI console).
+        self.announce = announce
+        self.lock = threading.RLock()
+        #: The K/V of prepared units still alive anywhere (a job, a host's patches), for the report.
+        self._kv: weakref.WeakSet[UnitKV] = weakref.WeakSet()
+
+    def _load(self, cache: ModelCache, what: str, path: Path, build: Callable[[], object]) -> object:
+        def load() -> object:
+            self.announce(f"IP-Adapter: loading the {what} {path.name} ({_size_text(path.stat().st_size)})")
+            with progress.labelled(f"IP-Adapter: {path.name}"):
+                return build()
+
+        return cache.get(file_key(what, path), load)
 
     def _adapter(self, name: str) -> IPAdapterModel:
         entry = self.registry.adapter(name)
         if entry.info is None:
             raise IPAdapterError(f"model '{name}' cannot be used: {entry.error}")
-        return self.loaded.get("adapter", entry.path, lambda: IPAdapterModel.from_file(entry.path))  # type: ignore[return-value]
+        return self._load(self.adapters, "IP-Adapter model", entry.path, lambda: IPAdapterModel.from_file(entry.path))  # type: ignore[return-value]
 
     def _encoder(self, req: UnitRequest, adapter: IPAdapterModel, place: Placement) -> tuple[str, ClipVisionEncoder]:
         entry = self.registry.auto_encoder(req.model) if req.encoder == AUTO else self.registry.encoder(req.encoder)
         if entry.spec is None:
             raise IPAdapterError(f"encoder '{entry.name}' cannot be used: {entry.error}")
         check_encoder(adapter.info, entry.spec, f"'{req.model}'", entry.name)
-        encoder = self.loaded.get(
-            "encoder", entry.path, lambda: ClipVisionEncoder.from_file(entry.path, "cpu", place.encoder_dtype)
+        encoder = self._load(
+            self.encoders,
+            "image encoder",
+            entry.path,
+            lambda: ClipVisionEncoder.from_file(entry.path, "cpu", place.encoder_dtype),
         )
         return entry.name, encoder  # type: ignore[return-value]
+
+    def clear_caches(self) -> dict[str, int]:
+        """Empty every cache (models in use by a running generation live on until it ends);
+        returns how many entries each held."""
+        with self.lock:
+            cleared = {
+                "adapters": self.adapters.clear(),
+                "encoders": self.encoders.clear(),
+                "embeddings": self.embeddings.clear(),
+            }
+            if self.faces is not None:
+                cleared["faces"] = self.faces.clear()
+            return cleared
+
+    def cache_report(self) -> dict[str, dict]:
+        """What each cache holds now and its bounds (``GET /ipadapter/v1/cache``)."""
+        kv = list(self._kv)
+        kv_bytes = held_bytes(kv)
+        report = {
+            "adapters": self.adapters.report(),
+            "encoders": self.encoders.report(),
+            "embeddings": self.embeddings.report(),
+            "kv": {
+                "entries": len(kv),
+                "max_entries": None,
+                "bytes": sum(kv_bytes.values()),
+                "bytes_by_device": kv_bytes,
+                "held_by": "the units of generations still referenced (running ones; freed when each ends)",
+            },
+        }
+        if self.faces is not None:
+            report["faces"] = self.faces.report()
+        return report
 
     def _fitting_models(self, unet: UNetSignature) -> str:
         fits = []
@@ -184,6 +230,10 @@ class Engine:
     def tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
         """(adapter, encoder name, cond tokens, uncond tokens) for one unit: encoded from its
         images, or taken from its precomputed ``embeds``."""
+        with self.lock:
+            return self._tokens(req, place)
+
+    def _tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
         if not req.model:
             raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
         if not req.images and req.embeds is None:
@@ -276,6 +326,10 @@ class Engine:
         return cond, uncond
 
     def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
+        with self.lock:
+            return self._prepare_unit(req, unet, place)
+
+    def _prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
         if req.model:
             info = self._adapter(req.model).info
             try:
@@ -284,7 +338,7 @@ class Engine:
                 raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
         weights = self._layer_weights(req, unet)
         mask = self._mask(req)
-        adapter, encoder_name, cond, uncond = self.tokens(req, place)
+        adapter, encoder_name, cond, uncond = self._tokens(req, place)
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
             faces = tuple(zip(req.images, self.found_faces(req), strict=True))  # cached: no second detection
@@ -339,9 +393,11 @@ class Engine:
     def prepare(self, requests: Sequence[UnitRequest], unet: UNetSignature, place: Placement) -> Job:
         """All units or none: the first failing unit raises, naming its number."""
         units = []
-        for req in requests:
-            try:
-                units.append(self.prepare_unit(req, unet, place))
-            except IPAdapterError as exc:
-                raise IPAdapterError(f"IP-Adapter unit {req.number}: {exc}") from exc
+        with self.lock:
+            for req in requests:
+                try:
+                    units.append(self._prepare_unit(req, unet, place))
+                except IPAdapterError as exc:
+                    raise IPAdapterError(f"IP-Adapter unit {req.number}: {exc}") from exc
+        self._kv.update(unit.kv for unit in units)
         return Job(units, upcast=place.upcast_attention)

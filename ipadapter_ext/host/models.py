@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..core.encode.faces import FaceReferences
-from ..core.engine import Engine
+from ..core.engine import ADAPTERS_KEPT, ENCODERS_KEPT, Engine
 from ..core.load.compat import UNetSignature
 from ..core.load.registry import ModelRegistry
 from ..interop.controlnet import extra_model_dirs, face_roots
@@ -33,6 +35,7 @@ class _EngineHolder:
             )
             faces = FaceReferences(lambda: face_pack_roots(root), lambda: str(opt("ipadapter_face_pack", "buffalo_l")))
             cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)), faces=faces)
+            apply_cache_settings(cls.engine)
         return cls.engine
 
     @classmethod
@@ -72,10 +75,54 @@ def model_hash(name: str) -> str | None:
     return digest[:10] if digest else None
 
 
-def cache_size_changed() -> None:
-    """The embedding-cache setting changed: resize the live cache (nothing to do before first use)."""
-    if _EngineHolder.engine is not None:
-        _EngineHolder.engine.embeddings.resize(int(opt("ipadapter_cache_size", 32)))
+def apply_cache_settings(target: Engine | None = None) -> None:
+    """The cache bounds from the settings, applied to the live caches (shrinking one evicts at
+    once; nothing to do before first use). "Empty after each generation" empties them now too."""
+    live = target or _EngineHolder.engine
+    if live is None:
+        return
+    references = int(opt("ipadapter_cache_size", 32))
+    live.embeddings.resize(references)
+    if live.faces is not None:
+        live.faces.resize(references)
+    live.adapters.resize(int(opt("ipadapter_adapters_kept", ADAPTERS_KEPT)))
+    live.encoders.resize(int(opt("ipadapter_encoders_kept", ENCODERS_KEPT)))
+    if opt("ipadapter_unload_after", False):
+        live.clear_caches()
+
+
+#: The settings' on-change callback (every cache setting).
+cache_size_changed = apply_cache_settings
+
+
+def after_generation() -> None:
+    """A generation ended: with "empty the caches after each generation", empty them."""
+    if _EngineHolder.engine is not None and opt("ipadapter_unload_after", False):
+        _EngineHolder.engine.clear_caches()
+        free_memory()
+
+
+def generation_queue() -> AbstractContextManager:
+    """The WebUI's generation queue (``modules.call_queue.queue_lock``, what its own txt2img,
+    img2img and interrogate routes hold): routes that run models wait for the generation."""
+    try:
+        from modules.call_queue import queue_lock
+    except ImportError:  # a host without one: the engine's own lock still serialises the work
+        return contextlib.nullcontext()
+    return queue_lock
+
+
+def free_memory() -> None:
+    """Return what emptied caches held: Python's garbage, then the host's device cache."""
+    import gc
+
+    gc.collect()
+    try:
+        from modules import devices
+
+        devices.torch_gc()
+    except Exception:  # a host (or double) without it: the garbage collection is what matters
+        pass
 
 
 def folders_changed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..core.engine import ADAPTERS_KEPT, ENCODERS_KEPT
 from ..schema import DEFAULTS, WEIGHT_RANGE
 
 SETTINGS_SECTION = ("ipadapter", "IP-Adapter")
@@ -37,8 +38,14 @@ def register_settings(
         {"minimum": 1, "maximum": 8, "step": 1})  # fmt: skip
     add("ipadapter_extra_folders", "", "Extra folders with IP-Adapter and CLIP vision models (comma-separated)",
         onchange=on_folders_changed)  # fmt: skip
-    add("ipadapter_cache_size", 32, "Image-embedding cache size (entries)", gr.Slider,
-        {"minimum": 0, "maximum": 256, "step": 1}, onchange=on_cache_size_changed)  # fmt: skip
+    add("ipadapter_cache_size", 32, "Reference cache: encoded images and detected faces kept (entries each; 0: none)",
+        gr.Slider, {"minimum": 0, "maximum": 256, "step": 1}, onchange=on_cache_size_changed)  # fmt: skip
+    add("ipadapter_adapters_kept", ADAPTERS_KEPT, "Loaded IP-Adapter models kept in memory (0: load for each generation)",
+        gr.Slider, {"minimum": 0, "maximum": 16, "step": 1}, onchange=on_cache_size_changed)  # fmt: skip
+    add("ipadapter_encoders_kept", ENCODERS_KEPT, "Loaded image encoders kept in memory (0: load for each generation)",
+        gr.Slider, {"minimum": 0, "maximum": 8, "step": 1}, onchange=on_cache_size_changed)  # fmt: skip
+    add("ipadapter_unload_after", False, "Empty the IP-Adapter caches after each generation (frees memory; models "
+        "load again every time)", onchange=on_cache_size_changed)  # fmt: skip
     add("ipadapter_default_weight", DEFAULTS.weight, "Default weight of a unit (UI, and API units that give none)",
         gr.Slider, {"minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1], "step": 0.05})  # fmt: skip
     add(

@@ -18,6 +18,7 @@ from ..core.errors import IPAdapterError
 from ..schema import IPAdapterUnit
 from ..unit_inputs import image_given, looks_like_base64, normalise_image
 from .layout import NONE, UNIT_FIELDS
+from .positional import check_positional
 
 
 def _upload_dirs() -> list[Path]:
@@ -72,6 +73,7 @@ def parse_script_args(args: Sequence[Any]) -> list[tuple[int, IPAdapterUnit]]:
     from_api = api_units(args)
     if from_api is not None:
         return from_api
+    check_positional(args)
     if not args or not args[0]:
         return []
     rest = list(args[1:])

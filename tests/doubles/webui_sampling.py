@@ -11,7 +11,9 @@
   ``sd_model.model``), where --medvram's pre-hook sits.
 * ``Sampler`` mirrors the ``sample``/``sample_img2img`` entry points of the samplers
   (``modules/sd_samplers_kdiffusion.py``) with a plain Euler-like loop over
-  ``sampler_extra_args`` (which the refiner switch replaces).
+  ``sampler_extra_args`` (which the refiner switch replaces). An interrupt
+  (``shared.state.interrupted``) raises ``InterruptedException`` at the next denoiser call, and the
+  sampler returns the last latent, as ``sd_samplers_common.launch_sampling`` does.
 * ``Processing`` and ``run_job`` mirror the script-hook order of ``modules/processing.py``
   (``process`` → conds from the text encoder (``setup_conds``) → per pass
   ``process_before_every_sampling`` → sampler → VAE decode → ``postprocess``), with the
@@ -39,6 +41,11 @@ class UNetCall:
     out: torch.Tensor
 
 
+class InterruptedException(BaseException):
+    """``modules/sd_samplers_common.InterruptedException``: a BaseException, so only the sampler's
+    own ``except`` stops it (and every ``finally`` on the way runs)."""
+
+
 class CFGDenoiser:
     def __init__(self, sampler, unet):
         self.sampler = sampler
@@ -61,6 +68,9 @@ class CFGDenoiser:
         self.sampler.sampler_extra_args["uncond"] = uc
 
     def forward(self, x, sigma, uncond, cond, repeats, cond_scale=5.0, skip_uncond=False):
+        state = getattr(shared, "state", None)
+        if state is not None and (state.interrupted or state.skipped):
+            raise InterruptedException
         if sd_samplers_common.apply_refiner(self, sigma):
             cond = self.sampler.sampler_extra_args["cond"]
             uncond = self.sampler.sampler_extra_args["uncond"]
@@ -118,11 +128,19 @@ class Sampler:
         self.denoiser.total_steps = steps
         self.sampler_extra_args = {"cond": cond, "uncond": uncond}
         sigmas = torch.linspace(1.0, 0.1, steps, device=x.device)
+        state = getattr(shared, "state", None)
         for i in range(steps):
+            if state is not None:
+                state.sampling_step, state.sampling_steps = i, steps
             sigma = sigmas[i].repeat(x.shape[0])
             skip = i in self.p.skip_uncond_steps
             args = self.sampler_extra_args
-            denoised = self.denoiser.forward(x, sigma, args["uncond"], args["cond"], self.p.repeats, skip_uncond=skip)
+            try:
+                denoised = self.denoiser.forward(
+                    x, sigma, args["uncond"], args["cond"], self.p.repeats, skip_uncond=skip
+                )
+            except InterruptedException:  # launch_sampling: the last latent is the result
+                return x
             x = x + 0.1 * (denoised - x)
         return x
 

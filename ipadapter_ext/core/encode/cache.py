@@ -9,6 +9,7 @@ returns a stale entry. Entries are kept on the CPU.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -29,38 +30,58 @@ def image_digest(image) -> str:
 
 
 class EmbeddingCache:
-    """``get_or_compute(key, fn)`` with least-recently-used eviction past ``max_items``."""
+    """``get_or_compute(key, fn)`` with least-recently-used eviction past ``max_items``.
+
+    Shared by generations and the HTTP routes (other threads), so the table is only touched under
+    a lock; the encoding itself runs outside it."""
 
     def __init__(self, max_items: int = 32) -> None:
         self.max_items = max(0, int(max_items))
         self._items: OrderedDict[tuple, EncodedImages] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def clear(self) -> None:
-        self._items.clear()
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._items)
+            self._items.clear()
+            return count
 
     def resize(self, max_items: int) -> None:
-        self.max_items = max(0, int(max_items))
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-
-    def get_or_compute(self, key: tuple, compute: Callable[[], EncodedImages]) -> EncodedImages:
-        hit = self._items.get(key)
-        if hit is not None:
-            self.hits += 1
-            self._items.move_to_end(key)
-            return hit
-        self.misses += 1
-        value = compute()
-        if self.max_items:
-            self._items[key] = value.map(lambda t: t.detach().to("cpu"))
+        with self._lock:
+            self.max_items = max(0, int(max_items))
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
+
+    def get_or_compute(self, key: tuple, compute: Callable[[], EncodedImages]) -> EncodedImages:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return hit
+            self.misses += 1
+        value = compute()
+        if self.max_items:
+            kept = value.map(lambda t: t.detach().to("cpu"))
+            with self._lock:
+                self._items[key] = kept
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
         return value
+
+    def report(self) -> dict:
+        with self._lock:
+            values = list(self._items.values())
+            report = {"entries": len(values), "max_entries": self.max_items, "hits": self.hits, "misses": self.misses}
+        report["bytes"] = sum(
+            t.numel() * t.element_size() for v in values for t in (v.image_embeds, v.hidden, v.face) if t is not None
+        )
+        return report
 
 
 def concat_encoded(parts: list[EncodedImages]) -> EncodedImages:

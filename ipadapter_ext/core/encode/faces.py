@@ -8,6 +8,7 @@ unless a FaceID adapter is used.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,12 +53,45 @@ class FaceReferences:
         self.max_items = max_items
         self.sessions = SessionCache()
         self._found: OrderedDict[tuple, FoundFace] = OrderedDict()
+        #: Detection runs under it: the ONNX sessions are created once and the table stays whole
+        #: when a route and a generation look for faces at the same time.
+        self.lock = threading.RLock()
 
     def analyser(self) -> FaceAnalyser:
         return FaceAnalyser(find_pack(list(self.roots()), self.pack_name() or DEFAULT_PACK), sessions=self.sessions)
 
+    def clear(self) -> int:
+        """Forget the found faces and the loaded face models; returns how many faces were held."""
+        with self.lock:
+            count = len(self._found)
+            self._found.clear()
+            self.sessions.clear()
+            return count
+
+    def resize(self, max_items: int) -> None:
+        with self.lock:
+            self.max_items = max(0, int(max_items))
+            while len(self._found) > self.max_items:
+                self._found.popitem(last=False)
+
+    def report(self) -> dict:
+        with self.lock:
+            crops = sum(len(f.crop.tobytes()) for f in self._found.values())
+            return {
+                "entries": len(self._found),
+                "max_entries": self.max_items,
+                "bytes": crops,
+                "face_models": len(self.sessions),
+                "max_face_models": self.sessions.max_items,
+                "face_model_loads": self.sessions.loads,
+            }
+
     def find(self, image, where: str) -> FoundFace:
         """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors."""
+        with self.lock:
+            return self._find(image, where)
+
+    def _find(self, image, where: str) -> FoundFace:
         analyser = self.analyser()
         models = (analyser.pack.detector.path, analyser.pack.recognizer.path)
         key = (image_digest(image), *((str(m), m.stat().st_mtime_ns) for m in models))
@@ -70,7 +104,8 @@ class FaceReferences:
         except NoFaceError as exc:
             raise NoFaceError(f"{where}: {exc}") from exc
         found = FoundFace(face, align(image, face.kps, CLIP_CROP))
-        self._found[key] = found
+        if self.max_items:
+            self._found[key] = found
         while len(self._found) > self.max_items:
             self._found.popitem(last=False)
         return found

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
+from . import progress
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -72,9 +73,31 @@ def _read_safetensors_shapes(path: Path) -> dict[str, Shape]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    label = progress.current()
+    if label is None:
+        from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu")
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    with progress.reading(path.stat().st_size, label) as update, safe_open(str(path), "pt", device="cpu") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            out[key] = tensor = f.get_tensor(key)
+            update(tensor.numel() * tensor.element_size())
+    return out
+
+
+def _read_zip_pickle_with_progress(path: Path, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of a zip-format pickle mapped, then copied into memory one by one (the same
+    values a plain read gives), so the copy can report its progress."""
+    flat = _flatten(_read_pickle(path, mmap=True))
+    with progress.reading(path.stat().st_size, label) as update:
+        out = {}
+        for key, tensor in flat.items():
+            out[key] = tensor.clone()
+            update(tensor.numel() * tensor.element_size())
+    return out
 
 
 def _read_pickle(path: Path, mmap: bool = False) -> dict:
@@ -123,7 +146,11 @@ def read_flat_tensors(path: str | Path, mmap: bool = False) -> dict[str, torch.T
         if suffix in SAFETENSORS_SUFFIXES:
             return _read_safetensors(path)
         if suffix in PICKLE_SUFFIXES:
-            return _flatten(_read_pickle(path, mmap=mmap and zipfile.is_zipfile(path)))
+            is_zip = zipfile.is_zipfile(path)
+            label = progress.current()
+            if label is not None and is_zip and not mmap:
+                return _read_zip_pickle_with_progress(path, label)
+            return _flatten(_read_pickle(path, mmap=mmap and is_zip))
     except ModelFileError:
         raise
     except pickle.UnpicklingError as exc:

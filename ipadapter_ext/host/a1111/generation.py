@@ -31,7 +31,7 @@ from ..common import (
     StateBase,
     append_faces,
     append_maps,
-    drop_state,
+    end_generation,
     get_state,
     new_state,
     prepare_or_record,
@@ -119,7 +119,7 @@ def before_sampling(p: Any) -> None:
     state: GenerationState | None = get_state(p)
     if state is None:
         return
-    wrap_sampler(p, state, lambda: state.end_pass(p))  # hooks come off in a finally around the sampler
+    wrap_sampler(p, state, lambda live: live.end_pass(p))  # hooks come off in a finally around the sampler
     if state.error is not None:
         return
     if state.skip_hires(p):
@@ -151,7 +151,7 @@ def postprocess(p: Any, processed: Any = None) -> None:
         if processed is not None:
             append_maps(p, processed, state)
             append_faces(processed, state)
-        drop_state(p)
+        end_generation(p)
 
 
 def register_callbacks() -> None:

@@ -32,7 +32,7 @@ from ..common import (
     StateBase,
     append_faces,
     append_maps,
-    drop_state,
+    end_generation,
     get_state,
     new_state,
     prepare_or_record,
@@ -179,7 +179,7 @@ def before_sampling(p: Any) -> None:
     if state is None:
         return
     # Forge resets the patcher each pass; what is left to undo is FaceID's LoRA hooks
-    wrap_sampler(p, state, lambda: state.end_pass(p))
+    wrap_sampler(p, state, lambda live: live.end_pass(p))
     if state.error is not None or state.skip_hires(p):
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
@@ -207,7 +207,7 @@ def postprocess(p: Any, processed: Any = None) -> None:
     if state is not None and processed is not None:
         append_maps(p, processed, state)
         append_faces(processed, state)
-    drop_state(p)
+    end_generation(p)
 
 
 def register_callbacks() -> None:

@@ -1,5 +1,6 @@
-"""Double of modules/shared.py (+ modules/options.py): ``opts``, ``cmd_opts``, ``sd_model``,
-``OptionInfo``. Options default to the WebUI's defaults for the CFG-denoiser settings."""
+"""Double of modules/shared.py (+ modules/options.py, modules/shared_state.py): ``opts``,
+``cmd_opts``, ``sd_model``, ``OptionInfo``, ``state``. Options default to the WebUI's defaults for
+the CFG-denoiser settings."""
 
 from types import SimpleNamespace
 
@@ -19,8 +20,41 @@ class Options(SimpleNamespace):
             setattr(self, key, info.default)
 
 
+class State:
+    """modules/shared_state.py ``State`` (A1111 1.10.1): what a job, the progress route and the
+    interrupt route share. ``begin`` clears an interrupt left from before the job, as there."""
+
+    def __init__(self):
+        self.interrupted = self.skipped = False
+        self.job, self.job_count, self.job_no = "", 0, 0
+        self.sampling_step = self.sampling_steps = 0
+
+    def begin(self, job="(unknown)"):
+        self.interrupted = self.skipped = False
+        self.job, self.job_count, self.job_no = job, -1, 0
+        self.sampling_step = self.sampling_steps = 0
+
+    def end(self):
+        self.job, self.job_count = "", 0
+
+    def interrupt(self):
+        self.interrupted = True
+
+    def dict(self):
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
+
+
 def reset():
-    global opts, cmd_opts, sd_model
+    global opts, cmd_opts, sd_model, state
+    state = State()
     opts = Options(
         data_labels={},
         batch_cond_uncond=True,
@@ -35,5 +69,5 @@ def reset():
     sd_model = None
 
 
-opts = cmd_opts = sd_model = None
+opts = cmd_opts = sd_model = state = None
 reset()
