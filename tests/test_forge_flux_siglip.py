@@ -69,13 +69,20 @@ def flux(tmp_path, monkeypatch):
 
     class Flux:
         def __init__(self):
-            self.engine, self.double, self.patcher, self.memory = engine, double, flux_patcher(double), MemoryManagement()
+            self.engine, self.double, self.patcher, self.memory = (
+                engine,
+                double,
+                flux_patcher(double),
+                MemoryManagement(),
+            )
             g = torch.Generator().manual_seed(11)
             self.x = torch.randn(1, 4, 6, 8, generator=g)
             self.cond = (torch.randn(1, 5, TXT, generator=g), torch.randn(1, POOLED, generator=g))
 
         def job(self, requests):
-            return self.engine.prepare(requests, flux_signature(self.double), Placement(torch.device("cpu"), torch.float32))
+            return self.engine.prepare(
+                requests, flux_signature(self.double), Placement(torch.device("cpu"), torch.float32)
+            )
 
         def run(self, requests=None) -> torch.Tensor:
             from tests.doubles.forge_flux_sampling import FluxConds, calc_cond_uncond_batch
@@ -134,7 +141,11 @@ def test_auto_picks_siglip_and_the_tokens_come_from_it(flux):
 
 def test_each_unit_changes_the_output_and_weight_zero_is_no_unit(flux):
     baseline = flux.run()
-    for request, zero in ((_ix(), _ix(0.0)), (_redux(), _redux(0.0)), (_redux(redux_strength_mode="attention bias"), _redux(0.0))):
+    for request, zero in (
+        (_ix(), _ix(0.0)),
+        (_redux(), _redux(0.0)),
+        (_redux(redux_strength_mode="attention bias"), _redux(0.0)),
+    ):
         out = flux.run([request])
         assert (out - baseline).abs().max() > 1e-3 and torch.equal(flux.run([request]), out)
         assert torch.equal(flux.run([zero]), baseline)

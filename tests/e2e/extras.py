@@ -7,7 +7,9 @@ the server starts (so its first scan lists them), and removed with the rest afte
   environment's torch, so the file carries the ``.format_version`` entry current torch writes (and
   A1111's 2023 allow-list in ``modules/safe.py`` would call "malicious"); see test_webui_files.py;
 * the tiny SDXL of :mod:`tests.e2e.sdxl` (``WEBUI_E2E_SDXL``; on by default for A1111); see
-  test_webui_sdxl.py.
+  test_webui_sdxl.py;
+* with a Flux checkpoint, a second extension patching Flux's blocks (:mod:`tests.e2e.second_script`,
+  two copies: one loads before this extension, one after), for test_webui_flux.py.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sdxl
-from .webui import ADAPTER_FILE
+from . import sdxl, second_script
+from .webui import ADAPTER_FILE, find_checkpoint, is_flux_checkpoint
 
 BIN_TWIN_FILE = "e2e-tiny-plus-twin.bin"
 
@@ -52,4 +54,6 @@ def write_extra_models(root: Path, python: str, created: list[Path]) -> ExtraMod
     write, extras.sdxl_skipped = sdxl.wanted(root)
     if write:
         extras.sdxl = sdxl.write_tiny_sdxl(root, python, created)
+    if is_flux_checkpoint(find_checkpoint(root)):
+        second_script.install(root, python, created)
     return extras
