@@ -98,8 +98,9 @@ class QueryTap(ChainedPatch):
         super().__init__(previous, pristine, run)
         self.slot = slot
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-        out = self.call_previous(q, k, v)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Forge calls norm(q, k, v); ersatzForge's QKNorm takes (q, k): the first result is q either way
+        out = self.call_previous(*args, **kwargs)
         if not self.run.closed:
             self.slot.q = out[0]
         return out
