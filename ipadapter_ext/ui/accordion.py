@@ -194,11 +194,11 @@ def _redux(eid: Callable[[str], str], label: Callable[[str], str]) -> tuple[Any,
     """Flux Redux's controls, shown when a Redux model is chosen: how the weight (its strength)
     acts, and the downsampling of its token grid."""
     with gr.Row(visible=False, elem_id=eid("redux")) as row:
-        mode = gr.Dropdown(label=label("Redux strength mode"), choices=[m.value for m in StrengthMode],
+        mode = gr.Dropdown(label=label("Strength mode (Redux)"), choices=[m.value for m in StrengthMode],
                            value=DEFAULTS.redux_strength_mode.value, elem_id=eid("redux_strength_mode"))  # fmt: skip
-        factor = gr.Slider(label=label("Redux downsampling"), minimum=DOWNSAMPLE_RANGE[0], maximum=DOWNSAMPLE_RANGE[1],
+        factor = gr.Slider(label=label("Downsampling (Redux)"), minimum=DOWNSAMPLE_RANGE[0], maximum=DOWNSAMPLE_RANGE[1],
                            step=1, value=DEFAULTS.redux_downsample, elem_id=eid("redux_downsample"))  # fmt: skip
-        resample = gr.Dropdown(label=label("Redux downsampling mode"), choices=[m.value for m in DownsampleMode],
+        resample = gr.Dropdown(label=label("Downsampling mode (Redux)"), choices=[m.value for m in DownsampleMode],
                                value=DEFAULTS.redux_downsample_mode.value, elem_id=eid("redux_downsample_mode"))  # fmt: skip
     return row, [mode, factor, resample]
 
