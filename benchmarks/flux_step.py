@@ -22,7 +22,11 @@ so400m encoding one 384 px reference (then a cache hit: the encoder runs once pe
 
 Variants are interleaved, each round rotating the order; medians are printed, with ratios to the
 plain block. A step of the full model runs 19 double and 38 single blocks; the per-step figures
-combine the measured blocks that way. Before timing, weight 0 is checked to be bit-identical to the
+combine the measured blocks that way. Whole blocks take long on a CPU, so their differences drown
+in a loaded machine's noise; the same run therefore also times the added work alone, repeated
+(``--parts``, default 10 each): each unit's term on a block's query (XLabs and InstantX in a double
+block, InstantX in a single block), and the joint attention of a block with and without Redux's
+729 (or 81) tokens, with and without the bias: what attention over the tokens costs. Before timing, weight 0 is checked to be bit-identical to the
 plain block and weight 1 to change it, for both IP-Adapters.
 
 Run: python benchmarks/flux_step.py [--img 4096] [--txt 512] [--repeat 3] [--threads N] [--siglip]
@@ -146,6 +150,53 @@ def _median_ms(samples: list[float]) -> float:
     return 1000 * statistics.median(samples)
 
 
+def _parts(blocks: Blocks, k_x, v_x, k_i, v_i, repeat: int, txt: int, img: int) -> dict[str, float]:
+    """Median ms of the added work alone: the terms on a captured query, and the joint attention."""
+    from ipadapter_ext.core.attend.flux import add_flux_image_term, add_to_attention, single_stream_terms
+
+    heads, d = HEADS, HIDDEN // HEADS
+    q_img = torch.randn(1, heads, img, d)
+    q_all = torch.randn(1, heads, txt + img, d)
+    attn_img, attn_all = torch.randn(1, img, HIDDEN), torch.randn(1, txt + img, HIDDEN + 4 * HIDDEN)
+    base = torch.randn(1, img, HIDDEN)
+    x = ImageKV(k_x, v_x, 1.0)
+    ix = ImageKV(k_i, v_i, 1.0)
+    ns = flux_module.attention.__globals__
+    attention_function = ns["attention_function"]
+
+    def joint(extra: int, bias: bool) -> Callable[[], object]:
+        length = txt + extra + img
+        q, k, v = (torch.randn(1, heads, length, d) for _ in range(3))
+        mask = _bias(length, extra, txt) if bias else None
+
+        def run() -> object:
+            if mask is None:
+                return attention_function(q, k, v, heads, skip_reshape=True)
+            with biased_attention(ns, mask):
+                return ns["attention_function"](q, k, v, heads, skip_reshape=True)
+
+        return run
+
+    work: dict[str, Callable[[], object]] = {
+        "XLabs term (double)": lambda: add_flux_image_term(base, q_img, [x]),
+        "InstantX term (double)": lambda: add_to_attention(attn_img, q_img, [ix]),
+        "InstantX term (single)": lambda: add_to_attention(attn_all, q_all, single_stream_terms([ix], txt)),
+        "attention, text + image": joint(0, False),
+        "attention, +81 Redux": joint(81, False),
+        "attention, +729 Redux": joint(729, False),
+        "attention, +729 Redux, bias": joint(729, True),
+    }
+    names = list(work)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeat):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            work[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {n: _median_ms(times[n]) for n in names}
+
+
 def _check(blocks: Blocks, k_x, v_x, k_i, v_i) -> None:
     """Weight 0 is the plain block, bit for bit; weight 1 changes it."""
     base_d, base_s = blocks.run_double(), blocks.run_single()
@@ -161,7 +212,9 @@ def _check(blocks: Blocks, k_x, v_x, k_i, v_i) -> None:
             finally:
                 undo()
             same = torch.equal(out, base)
-            assert same == (weight == 0), f"{kind} on the {block} block at weight {weight}: {'no' if same else 'a'} change"
+            assert same == (weight == 0), (
+                f"{kind} on the {block} block at weight {weight}: {'no' if same else 'a'} change"
+            )
 
 
 def _siglip(repeat: int) -> tuple[float, float] | None:
@@ -203,6 +256,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--siglip", action="store_true", help="also time SigLIP so400m (transformers >= 4.37)")
+    ap.add_argument("--parts", type=int, default=10, help="repeats of each part timed alone")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,11 +264,15 @@ def main() -> None:
     instantx_kv_ms, k_i, v_i = _kv(128, DOUBLE + SINGLE, key_norm=True)
     up, down = torch.randn(3 * CTX, 1152) / 1152**0.5, torch.randn(CTX, 3 * CTX) / (3 * CTX) ** 0.5
     t0 = time.perf_counter()
-    torch.nn.functional.linear(torch.nn.functional.silu(torch.nn.functional.linear(torch.randn(1, 729, 1152), up)), down)
+    torch.nn.functional.linear(
+        torch.nn.functional.silu(torch.nn.functional.linear(torch.randn(1, 729, 1152), up)), down
+    )
     redux_ms = 1000 * (time.perf_counter() - t0)
 
     blocks = Blocks(args.img, args.txt)
     _check(blocks, k_x, v_x, k_i, v_i)
+    parts = _parts(blocks, k_x, v_x, k_i, v_i, args.parts, args.txt, args.img)
+    print(f"parts alone, median of {args.parts}: " + ", ".join(f"{n} {v:.1f} ms" for n, v in parts.items()), flush=True)
     namespace = flux_module.attention.__globals__
     length = args.txt + 729 + args.img
 
@@ -256,7 +314,9 @@ def main() -> None:
             t0 = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - t0)
-        print(f"round {r + 1}/{args.repeat}: " + ", ".join(f"{n} {1000 * times[n][-1]:.0f} ms" for n in names), flush=True)
+        print(
+            f"round {r + 1}/{args.repeat}: " + ", ".join(f"{n} {1000 * times[n][-1]:.0f} ms" for n in names), flush=True
+        )
     ms = {n: _median_ms(times[n]) for n in names}
 
     print(
@@ -277,12 +337,26 @@ def main() -> None:
     per_step("XLabs unit (double blocks)", ms["double+XLabs"] - ms["double"], 0.0)
     per_step("InstantX unit (every block)", ms["double+InstantX"] - ms["double"], ms["single+InstantX"] - ms["single"])
     per_step("Redux, 729 context tokens", ms["double +729 ctx"] - ms["double"], ms["single +729 ctx"] - ms["single"])
-    per_step("Redux, 81 tokens (downsampling 3)", ms["double +81 ctx"] - ms["double"], ms["single +81 ctx"] - ms["single"])
+    per_step(
+        "Redux, 81 tokens (downsampling 3)", ms["double +81 ctx"] - ms["double"], ms["single +81 ctx"] - ms["single"]
+    )
     per_step(
         "Redux, 729 tokens with the attention bias",
         ms["double +729 ctx, bias"] - ms["double"],
         ms["single +729 ctx, bias"] - ms["single"],
     )
+    plain = parts["attention, text + image"]
+    print(f"\nthe added work alone (median of {args.parts}), and per step of Flux.1:")
+    print(
+        f"  XLabs term, one double block            {parts['XLabs term (double)']:8.1f} ms  ×19 = {19 * parts['XLabs term (double)']:8.0f} ms"
+    )
+    ix_step = DOUBLE * parts["InstantX term (double)"] + SINGLE * parts["InstantX term (single)"]
+    print(
+        f"  InstantX term, double / single block    {parts['InstantX term (double)']:8.1f} / {parts['InstantX term (single)']:.1f} ms  ×(19, 38) = {ix_step:8.0f} ms"
+    )
+    for label in ("attention, +81 Redux", "attention, +729 Redux", "attention, +729 Redux, bias"):
+        extra = parts[label] - plain
+        print(f"  {label:38} {parts[label]:8.1f} ms  (+{extra:.1f} over {plain:.1f}; ×57 = {57 * extra:+8.0f} ms)")
     print("\nonce per generation:")
     print(f"  XLabs K/V, 19 blocks × 4 tokens            {xlabs_kv_ms:8.1f} ms")
     print(f"  InstantX K/V + key norm, 57 blocks × 128   {instantx_kv_ms:8.1f} ms")
