@@ -114,6 +114,8 @@ class ContextUnits:
         self.units = list(units)
         self.run = run  # the clock and sigma ranges decide the active units (start/end)
         self.namespace = namespace
+        #: The last bias built: every call of a pass with the same active units and sizes reuses it.
+        self._bias: tuple[tuple, torch.Tensor] | None = None
         if namespace is None and any(u.needs_bias for u in self.units):
             raise IPAdapterError(
                 "this Forge's Flux has no attention_function to give a bias to, so Redux's 'attention bias' "
@@ -151,10 +153,18 @@ class ContextUnits:
         call = {**args, "c": c}
         if not any(u.needs_bias for u in active):
             return observe(call)
-        shape = args["input"].shape
-        latent_hw = (int(shape[-2]), int(shape[-1]))
-        image = math.ceil(latent_hw[0] / 2) * math.ceil(latent_hw[1] / 2)
-        bias = context_bias(active, int(context.shape[1]), image, latent_hw, context.device)
-        assert bias is not None and self.namespace is not None
-        with biased_attention(self.namespace, bias):
+        assert self.namespace is not None
+        with biased_attention(self.namespace, self._bias_for(active, context, args["input"].shape)):
             return observe(call)
+
+    def _bias_for(self, active: list, context: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """The additive mask for this call, in the context's dtype and device (built once per pass
+        and size: a step's calls and the next steps share it)."""
+        latent_hw = (int(shape[-2]), int(shape[-1]))
+        key = (tuple(id(u) for u in active), int(context.shape[1]), latent_hw, context.device, context.dtype)
+        if self._bias is None or self._bias[0] != key:
+            image = math.ceil(latent_hw[0] / 2) * math.ceil(latent_hw[1] / 2)
+            bias = context_bias(active, int(context.shape[1]), image, latent_hw, context.device, context.dtype)
+            assert bias is not None
+            self._bias = (key, bias)
+        return self._bias[1]
