@@ -6,7 +6,9 @@ a factor other than 0 (its one API argument), its per-pass hook clones the UNet 
 double block's ``forward`` as ``get_model_object`` answers it (taking off its own wrapper from an
 earlier request), scales the block's image output by the factor, and forgets the request's state in
 ``postprocess`` (a stale wrapper raises ``KeyError``). Two copies are installed, one sorting before
-this extension and one after it, so a request picks the order by the script it enables.
+this extension and one after it, so a request picks the order by the script it enables; they share
+their wrapper class and state (one script in two places), so neither chains onto the other's
+leftovers, as one script never does onto its own.
 """
 
 from __future__ import annotations
@@ -18,21 +20,29 @@ from pathlib import Path
 SCRIPTS = (("a-e2e-block-scaler", "e2e block scaler before"), ("zz-e2e-block-scaler", "e2e block scaler after"))
 
 _SOURCE = '''"""Written by sd-webui-ipadapter's e2e suite (tests/e2e/second_script.py); removed after the run."""
+import sys
+import types
+
 import gradio as gr
 from modules import scripts
 
 PATH = "diffusion_model.double_blocks.{{}}.forward"
-LIVE = {{}}
+# Both copies are one script: they share the wrapper class and the per-request state, so each
+# recognises (and takes off) the other's leftover as its own.
+SHARED = sys.modules.setdefault("e2e_block_scaler_shared", types.ModuleType("e2e_block_scaler_shared"))
+if not hasattr(SHARED, "ScaledBlock"):
 
+    class ScaledBlock:
+        def __init__(self, original, token):
+            self.original, self.token = original, token
 
-class ScaledBlock:
-    def __init__(self, original, token):
-        self.original, self.token = original, token
+        def __call__(self, *args, **kwargs):
+            factor = SHARED.LIVE[self.token]
+            img, txt = self.original(*args, **kwargs)
+            return img * factor, txt
 
-    def __call__(self, *args, **kwargs):
-        factor = LIVE[self.token]
-        img, txt = self.original(*args, **kwargs)
-        return img * factor, txt
+    SHARED.ScaledBlock, SHARED.LIVE = ScaledBlock, {{}}
+ScaledBlock, LIVE = SHARED.ScaledBlock, SHARED.LIVE
 
 
 class Script(scripts.Script):
