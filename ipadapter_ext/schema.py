@@ -13,6 +13,7 @@ import pydantic
 from pydantic import BaseModel, Field
 
 from .core.attend.attention import WeightMode
+from .core.attend.context import DOWNSAMPLE_RANGE, DownsampleMode, StrengthMode
 from .core.attend.weights import WeightType
 from .core.encode.combine import CombineMode
 from .core.encode.embeds import unpack_embeds
@@ -81,12 +82,18 @@ class IPAdapterUnit(BaseModel):
     #: Return each reference's detected face (box and aligned crop) after the generated images. A
     #: request-wide switch, like ``attention_map``.
     show_faces: bool = False
+    #: Flux Redux: how the weight (Redux's strength) acts: "scale" multiplies its tokens,
+    #: "attention bias" adds log(strength) to the attention on them (ComfyUI's multiply/attn_bias).
+    redux_strength_mode: StrengthMode = StrengthMode.SCALE
+    #: Flux Redux: shrink the 27×27 token grid by this factor (1: all 729 tokens; 3: 81), weaker and cheaper.
+    redux_downsample: int = Field(1, ge=DOWNSAMPLE_RANGE[0], le=DOWNSAMPLE_RANGE[1])
+    redux_downsample_mode: DownsampleMode = DownsampleMode.AREA
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
         return number_list(value, WEIGHT_RANGE[0], WEIGHT_RANGE[1])
 
-    @_before("weight_type", "weight_mode", "combine", "crop")
+    @_before("weight_type", "weight_mode", "combine", "crop", "redux_strength_mode", "redux_downsample_mode")
     def _choice(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
@@ -148,6 +155,9 @@ class IPAdapterUnit(BaseModel):
             lora_strength=self.lora_strength,
             faceid_v2_weight=self.faceid_v2_weight,
             show_faces=self.show_faces,
+            redux_strength_mode=self.redux_strength_mode,
+            redux_downsample=self.redux_downsample,
+            redux_downsample_mode=self.redux_downsample_mode,
         )
 
     def _check_sources(self, where: str, has_mask: bool) -> None:

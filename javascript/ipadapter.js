@@ -9,10 +9,10 @@
     var MAX_UNITS = 8;
     var HINTS = {
         "Enable": "Apply this unit. A unit that is ticked but has neither an image nor a model is skipped.",
-        "Reference image": "The image prompt. It is resized to the encoder's 224 px input with the Crop mode.",
+        "Reference image": "The image prompt. It is resized to the encoder's input (224 px CLIP, 384 px SigLIP) with the Crop mode.",
         "More reference images (optional)": "Further references for this unit; see Combine images under Advanced.",
         "Model": "The IP-Adapter file (models/ipadapter, or IP-Adapter files in models/ControlNet). The line below says what it needs.",
-        "Image encoder": "The CLIP vision encoder (models/clip_vision). 'auto' picks the first one that fits the model.",
+        "Image encoder": "The image encoder (models/clip_vision): CLIP vision, or SigLIP for InstantX and Redux. 'auto' picks the first one that fits the model.",
         "Weight": "How strongly the image prompt acts: about 0.5 beside a text prompt, 1.0 for an image-only prompt.",
         "Start": "Fraction of the sampling steps after which the image prompt starts to act.",
         "End": "Fraction of the sampling steps after which the image prompt stops acting.",
@@ -31,6 +31,9 @@
         "Invert the mask": "The unit acts outside its mask (drawn or inpaint) instead of inside.",
         "FaceID LoRA strength": "FaceID, FaceID-Plus and Plus v2 files carry a LoRA trained with them; it is applied for this generation at this strength. No separate LoRA file or prompt tag is needed.",
         "FaceID v2 weight": "FaceID-Plus v2 only: how much of the face embedding's own tokens is added back after the CLIP refinement.",
+        "Strength mode (Redux)": "Flux Redux: the weight is its strength. 'scale' multiplies its tokens; 'attention bias' adds log(strength) to the attention on them, keeping the tokens as they are.",
+        "Downsampling (Redux)": "Flux Redux: shrink its 27×27 token grid by this factor (3 leaves 81 tokens): a weaker reference, and faster steps.",
+        "Downsampling mode (Redux)": "Flux Redux: how the token grid is resized when downsampling (area averages; bicubic and bilinear interpolate).",
     };
     // Controls whose label gradio does not render as plain text (images, files): hint by elem_id.
     var BY_ID = {

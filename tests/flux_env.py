@@ -135,18 +135,22 @@ def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffusers_out(model, x, sigma, context, y, guidance, ip_embeds=None) -> torch.Tensor:
+def diffusers_out(model, x, sigma, context, y, guidance, ip_embeds=None, attention_mask=None) -> torch.Tensor:
     """The model's prediction for latent ``x`` [B, C, H, W] as [B, C, H, W]; ``ip_embeds``: one
-    [B, 1, D] image-embeds tensor per loaded adapter."""
+    [B, 1, D] image-embeds tensor per loaded adapter; ``attention_mask``: an additive bias over
+    ``[text, image]`` given to every block's attention. The text positions are made for the
+    context's length (all zero), so a longer context needs nothing else."""
     _, _, h, w = x.shape
     img_ids = torch.zeros(h // 2, w // 2, 3)
     img_ids[..., 1] = torch.arange(h // 2)[:, None]
     img_ids[..., 2] = torch.arange(w // 2)[None, :]
-    kwargs = {"ip_adapter_image_embeds": ip_embeds} if ip_embeds is not None else None
+    kwargs = {"ip_adapter_image_embeds": ip_embeds} if ip_embeds is not None else {}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
     out = model(
         hidden_states=pack(x), encoder_hidden_states=context, pooled_projections=y, timestep=sigma,
         img_ids=img_ids.reshape(-1, 3), txt_ids=torch.zeros(context.shape[1], 3), guidance=guidance,
-        joint_attention_kwargs=kwargs, return_dict=False,
+        joint_attention_kwargs=kwargs or None, return_dict=False,
     )[0]  # fmt: skip
     return unpack(out, h, w)
 
@@ -206,3 +210,64 @@ def set_diffusers_scales(model, scales: list[float]) -> None:
     for name, proc in model.attn_processors.items():
         if name.startswith("transformer_blocks"):
             proc.scale = list(scales)
+
+
+SIGLIP_WIDTH = 128  # the tiny SigLIP's width (tests/siglip_env.py TINY_SIGLIP)
+
+
+def instantx_tensors(
+    tokens: int = 4,
+    blocks: int = DOUBLE + SINGLE,
+    seed: int = 0,
+    embed: int = SIGLIP_WIDTH,
+    txt: int = TXT,
+    hidden: int = HIDDEN,
+) -> dict[str, torch.Tensor]:
+    """A tiny InstantX FLUX.1-dev IP-Adapter under its flat key names (``ip-adapter.bin`` holds the
+    same as a nested ``{"image_proj": …, "ip_adapter": …}`` dict): the MLP projection (``proj.0``,
+    ``proj.2``, ``norm``; 2·embed wide inside) and one K/V pair without bias per block, double
+    blocks first (the real file: 128 tokens, 19 + 38 blocks, SigLIP so400m's 1152 in)."""
+    g = torch.Generator().manual_seed(seed)
+    inner = 2 * embed
+    out = {
+        "image_proj.proj.0.weight": torch.randn(inner, embed, generator=g) / embed**0.5,
+        "image_proj.proj.0.bias": 0.1 * torch.randn(inner, generator=g),
+        "image_proj.proj.2.weight": torch.randn(tokens * txt, inner, generator=g) / inner**0.5,
+        "image_proj.proj.2.bias": 0.1 * torch.randn(tokens * txt, generator=g),
+        "image_proj.norm.weight": 1 + 0.1 * torch.randn(txt, generator=g),
+        "image_proj.norm.bias": 0.1 * torch.randn(txt, generator=g),
+    }
+    for n in range(blocks):
+        out[f"ip_adapter.{n}.to_k_ip.weight"] = torch.randn(hidden, txt, generator=g) / txt**0.5
+        out[f"ip_adapter.{n}.to_v_ip.weight"] = torch.randn(hidden, txt, generator=g) / txt**0.5
+    return out
+
+
+def save_instantx(path: Path, **kw) -> Path:
+    """As InstantX ships it: a torch pickle of nested dicts (read back weights-only)."""
+    flat = instantx_tensors(**kw)
+    nested = {
+        part: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(part + ".")}
+        for part in ("image_proj", "ip_adapter")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(nested, str(path))
+    return path
+
+
+def redux_tensors(embed: int = SIGLIP_WIDTH, txt: int = TXT, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny Flux Redux (``flux1-redux-dev.safetensors``): ``redux_up`` embed → 3·txt, ``redux_down``
+    3·txt → txt, as diffusers' ``ReduxImageEncoder(redux_dim, txt_in_features)``."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "redux_up.weight": torch.randn(3 * txt, embed, generator=g) / embed**0.5,
+        "redux_up.bias": 0.1 * torch.randn(3 * txt, generator=g),
+        "redux_down.weight": torch.randn(txt, 3 * txt, generator=g) / (3 * txt) ** 0.5,
+        "redux_down.bias": 0.1 * torch.randn(txt, generator=g),
+    }
+
+
+def save_redux(path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in redux_tensors(**kw).items()}, str(path))
+    return path

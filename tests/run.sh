@@ -3,7 +3,8 @@
 #
 # Builds the test environments from nothing if they are missing (idempotent when they exist),
 # then runs: ruff, the whole suite with transformers 4.30.2 (A1111's pin), and the encoder tests
-# again with the newest transformers. Arguments go to the main pytest run; with arguments the
+# again with the newest transformers (with the SigLIP tests, which need transformers >= 4.37 and
+# skip in the main venv). Arguments go to the main pytest run; with arguments the
 # compatibility pass is skipped.
 #
 # CPU torch 2.13.0 is installed first and held by requirements/constraints.txt, so no dependency
@@ -61,6 +62,7 @@ run_pytest "$MAIN_VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 
 if [ "$#" -eq 0 ]; then
   setup_venv "$LATEST_VENV" requirements/test-latest-transformers.txt
-  echo "== encoder and schema tests (newest transformers, pydantic 2: $("$LATEST_VENV/bin/python" -c 'import transformers; print(transformers.__version__)'))"
-  run_pytest "$LATEST_VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_encoder.py tests/test_caches.py tests/test_boundaries.py tests/test_schema.py
+  echo "== encoder, SigLIP and schema tests (newest transformers, pydantic 2: $("$LATEST_VENV/bin/python" -c 'import transformers; print(transformers.__version__)'))"
+  run_pytest "$LATEST_VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_encoder.py tests/test_caches.py \
+    tests/test_boundaries.py tests/test_schema.py tests/test_siglip.py tests/test_forge_flux_siglip.py
 fi

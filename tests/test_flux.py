@@ -163,23 +163,37 @@ class Setup:
         uncond = adapter.project(EncodedImages(image_embeds=self.black[i])).reshape(1, -1, TXT)
         return PreparedUnit(i + 1, adapter, UnitKV(adapter, cond, uncond, "cpu", torch.float32), weight, **kw)
 
-    def run(self, units, clock: StepClock | None = None, uncond: bool = False, batching=((1, 0),)):
+    def run(self, units, clock: StepClock | None = None, uncond: bool = False, batching=((1, 0),), context=None):
+        """Forge's outputs (denoised) for cond and uncond; ``context``: Redux units."""
+        from ipadapter_ext.host.forge.flux_context import ContextUnits, attention_namespace
         from tests.doubles.forge_flux_sampling import calc_cond_uncond_batch
 
         patcher = self.patcher
-        if units is not None:
-            ranges = [(1.0, 0.0)] * len(units)
-            patcher = forge_flux.patched_clone(self.patcher, ForgeRun(units, ranges, clock or StepClock()))
+        if units is not None or context is not None:
+            units = units or []
+            clock = clock or StepClock()
+            run = ForgeRun(units, [(1.0, 0.0)] * len(units), clock)
+            redux = None
+            if context is not None:
+                redux = ContextUnits(
+                    context, ForgeRun(context, [(1.0, 0.0)] * len(context), clock), attention_namespace(self.double)
+                )
+            patcher, _ = forge_flux.patched_clone(self.patcher, run, redux)
         self.memory.load(patcher)
         with torch.no_grad():
             return calc_cond_uncond_batch(
                 patcher, self.cond, self.uncond if uncond else None, self.x, self.sigma, [list(b) for b in batching]
             )
 
-    def oracle(self, embeds: list[torch.Tensor] | None, which: str = "cond") -> torch.Tensor:
+    def oracle(self, embeds: list[torch.Tensor] | None, which: str = "cond", extra=None, mask=None) -> torch.Tensor:
+        """diffusers' denoised output; ``extra``: tokens appended to the context, ``mask``: an
+        additive attention bias over ``[context, image]``."""
         c = self.cond if which == "cond" else self.uncond
         ip = None if embeds is None else [e[:, None] for e in embeds]
-        out = diffusers_out(self.reference, self.x, self.sigma, c.context, c.y, c.guidance, ip)
+        context = (
+            c.context if extra is None else torch.cat((c.context, extra.expand(c.context.shape[0], -1, -1)), dim=1)
+        )
+        out = diffusers_out(self.reference, self.x, self.sigma, context, c.y, c.guidance, ip, mask)
         return self.x - out * self.sigma.view(-1, 1, 1, 1)  # Forge's flux denoised
 
 
@@ -232,11 +246,11 @@ def test_patches_leave_with_the_clone(doubles, tmp_path):
 
 def test_a_second_clone_replaces_the_first_patches_instead_of_chaining(doubles, tmp_path):
     s = Setup(tmp_path)
-    first = forge_flux.patched_clone(s.patcher, ForgeRun([s.unit(0, 5.0)], [(1.0, 0.0)], StepClock()))
+    first, _ = forge_flux.patched_clone(s.patcher, ForgeRun([s.unit(0, 5.0)], [(1.0, 0.0)], StepClock()))
     s.memory.load(first)  # its patches are live on the model when the next clone is made
     once, _ = s.run([s.unit(0, 1.0)])
     s.memory.load(s.patcher)
-    again = forge_flux.patched_clone(first, ForgeRun([s.unit(0, 1.0)], [(1.0, 0.0)], StepClock()))
+    again, _ = forge_flux.patched_clone(first, ForgeRun([s.unit(0, 1.0)], [(1.0, 0.0)], StepClock()))
     s.memory.load(again)
     with torch.no_grad():
         from tests.doubles.forge_flux_sampling import calc_cond_uncond_batch

@@ -27,6 +27,11 @@ FORGE_DOUBLES = str(Path(__file__).parent / "doubles" / "forge")
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
+    yield from make_env(tmp_path, monkeypatch)
+
+
+def make_env(tmp_path, monkeypatch):
+    """The Forge doubles on a tiny Flux, with model folders holding a tiny XLabs file and CLIP."""
     monkeypatch.syspath_prepend(FORGE_DOUBLES)
     from tests.doubles.forge_flux_sampling import FluxForgeModel, MemoryManagement, flux_patcher
 

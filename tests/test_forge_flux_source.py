@@ -5,8 +5,11 @@ file is loaded from there as ``backend.nn.flux``; everything around it stays the
 (``backend.attention``: Forge's pulls in its memory management and device set-up; its two
 helpers from ``backend.utils`` are restated below). The same checks as ``test_flux.py`` then run
 with Forge's transformer class: no unit, weights 1/0.6/0, true CFG's uncond rows, two units, and
-the patches leaving with the clone. Together with the e2e (``tests/e2e/test_webui_flux.py``)
-this is what shows the double's math is Forge's.
+the patches leaving with the clone; InstantX units on Forge's double and single blocks against the
+reference of ``test_flux_instantx.py``; Redux tokens in Forge's context, with the attention bias
+through Forge's own ``attention_function`` name, against diffusers (``test_flux_redux.py``).
+Together with the e2e (``tests/e2e/test_webui_flux*.py``) this is what shows the double's math is
+Forge's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from tests.test_flux import test_one_unit_equals_diffusers as test_forge_flux_on
 from tests.test_flux import test_patches_leave_with_the_clone as test_forge_flux_patches_leave_with_the_clone  # noqa: F401
 from tests.test_flux import test_true_cfg_uncond_rows_get_the_negative_projection as test_forge_flux_true_cfg  # noqa: F401
 from tests.test_flux import test_two_units_add as test_forge_flux_two_units_add  # noqa: F401
+from tests.test_flux_instantx import test_instantx_unit_equals_the_reference as test_forge_instantx  # noqa: F401
+from tests.test_flux_instantx import test_region_mask_covers_image_tokens_only as test_forge_instantx_mask  # noqa: F401
+from tests.test_flux_instantx import test_true_cfg_uncond_rows_get_the_black_image_tokens as test_forge_instantx_cfg  # noqa: F401
+from tests.test_flux_redux import test_appended_tokens_equal_diffusers_with_the_longer_context as test_forge_redux  # noqa: F401
+from tests.test_flux_redux import test_attention_bias_mode_equals_diffusers_with_comfyui_mask as test_forge_redux_bias  # noqa: F401
+from tests.test_flux_redux import test_region_mask_reaches_only_the_masked_image_tokens as test_forge_redux_mask  # noqa: F401
+from tests.test_flux_redux import test_true_cfg_uncond_rows_keep_their_context as test_forge_redux_cfg  # noqa: F401
 
 FORGE_ROOT = os.environ.get("FORGE_ROOT", "")
 FLUX_FILE = Path(FORGE_ROOT) / "backend" / "nn" / "flux.py"

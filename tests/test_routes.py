@@ -156,6 +156,7 @@ def test_encoders_list_detected_shapes(folders):
         "hidden_size": 128,
         "projection_dim": 40,
         "image_size": 224,
+        "family": "clip",
     }
     broken = encoders["broken-clip"]
     assert broken["file"] == "broken-clip.safetensors" and "broken-clip.safetensors" in broken["error"]

@@ -26,7 +26,8 @@ from tests.a1111_env import PLUS, job, run_job, unit_args
 XYZ_DOUBLE = Path(__file__).parent / "doubles" / "xyz_grid.py"
 LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
           "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
-          "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight"]  # fmt: skip
+          "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight",
+          "[IP-Adapter] Redux strength mode", "[IP-Adapter] Redux downsampling"]  # fmt: skip
 
 
 def load_xyz_double():
@@ -84,11 +85,11 @@ def test_axes_are_registered_once(plot):
     before = len(plot.axis_options)
     for _ in range(3):
         assert axes.register_xyz_axes(lambda: ["a"]) is True
-    assert len(plot.axis_options) == before + len(axes.AXES) == before + 10
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + len(LABELS)
     assert [o.label for o in ours(plot)] == LABELS
     # a later registration (a reloaded extension) replaces its own entries in place
     assert axes.register_xyz_axes(lambda: ["b"]) is True
-    assert len(plot.axis_options) == before + len(axes.AXES) == before + 10
+    assert len(plot.axis_options) == before + len(axes.AXES) == before + len(LABELS)
     assert {o.label: o for o in plot.axis_options}["[IP-Adapter] Model"].choices() == ["b"]
 
 
@@ -114,6 +115,8 @@ def test_labels_types_choices_and_format(plot):
         float,
         float,
         float,
+        str,
+        int,
     ]
     assert by_label["[IP-Adapter] Model"].choices() == ["tiny-base", "tiny-plus"]
     assert by_label["[IP-Adapter] Weight type"].choices()[:2] == ["linear", "ease in"]
@@ -124,7 +127,13 @@ def test_labels_types_choices_and_format(plot):
         "K+V w/ C penalty",
         "K+mean(V) w/ C penalty",
     ]
-    with_choices = {"[IP-Adapter] Model", "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode"}
+    assert by_label["[IP-Adapter] Redux strength mode"].choices() == ["scale", "attention bias"]
+    with_choices = {
+        "[IP-Adapter] Model",
+        "[IP-Adapter] Weight type",
+        "[IP-Adapter] Weight mode",
+        "[IP-Adapter] Redux strength mode",
+    }
     assert all(by_label[label].choices is None for label in LABELS if label not in with_choices)
     assert all(isinstance(o, plot.AxisOption) and o.confirm is not None for o in by_label.values())
     weight = by_label["[IP-Adapter] Weight"]

@@ -109,6 +109,7 @@ def encoder_json(entry: EncoderEntry, forms: Iterable[tuple[str, str]] = ()) -> 
         "hidden_size": spec.hidden_size if spec else None,
         "projection_dim": spec.projection_dim if spec else None,
         "image_size": spec.image_size if spec else None,
+        "family": spec.family if spec else None,
     }
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 
 from .attend.attention import WeightMode
+from .attend.context import DOWNSAMPLE_RANGE, ContextUnit, DownsampleMode, StrengthMode, downsample_tokens
 from .attend.kv import UnitKV
 from .attend.masks import RegionMask
 from .attend.weights import WeightType, transformer_weights
 from .encode.cache import EmbeddingCache
 from .encode.combine import CombineMode, combine_encoded
-from .encode.encoder import ClipVisionEncoder
+from .encode.encoder import ImageEncoder, load_encoder
 from .encode.faces import FaceReferences, FoundFace
 from .encode.references import encode_references
 from .errors import IncompatibleModelError, IPAdapterError
@@ -79,6 +80,10 @@ class UnitRequest:
     lora_strength: float = 0.6  # FaceID: the embedded LoRA's strength
     faceid_v2_weight: float = 1.0  # FaceID-Plus v2: the shortcut scale
     show_faces: bool = False  # return the detected faces (a request-wide switch; the host renders)
+    #: Flux Redux: how ``weight`` (its strength) acts, and the token grid's downsampling.
+    redux_strength_mode: StrengthMode = StrengthMode.SCALE
+    redux_downsample: int = 1
+    redux_downsample_mode: DownsampleMode = DownsampleMode.AREA
 
 
 @dataclass
@@ -168,7 +173,7 @@ class Engine:
             raise IPAdapterError(f"model '{name}' cannot be used: {entry.error}")
         return self._load(self.adapters, "IP-Adapter model", entry.path, lambda: IPAdapterModel.from_file(entry.path))  # type: ignore[return-value]
 
-    def _encoder(self, req: UnitRequest, adapter: IPAdapterModel, place: Placement) -> tuple[str, ClipVisionEncoder]:
+    def _encoder(self, req: UnitRequest, adapter: IPAdapterModel, place: Placement) -> tuple[str, ImageEncoder]:
         entry = self.registry.auto_encoder(req.model) if req.encoder == AUTO else self.registry.encoder(req.encoder)
         if entry.spec is None:
             raise IPAdapterError(f"encoder '{entry.name}' cannot be used: {entry.error}")
@@ -177,7 +182,7 @@ class Engine:
             self.encoders,
             "image encoder",
             entry.path,
-            lambda: ClipVisionEncoder.from_file(entry.path, "cpu", place.encoder_dtype),
+            lambda: load_encoder(entry.path, "cpu", place.encoder_dtype),
         )
         return entry.name, encoder  # type: ignore[return-value]
 
@@ -227,18 +232,28 @@ class Engine:
             return "None of the models in the model folders fits it."
         return f"Models that fit it: {', '.join(fits)}."
 
-    def tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
+    def tokens(
+        self, req: UnitRequest, place: Placement, context: bool = False
+    ) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
         """(adapter, encoder name, cond tokens, uncond tokens) for one unit: encoded from its
-        images, or taken from its precomputed ``embeds``."""
+        images, or taken from its precomputed ``embeds``. Flux Redux's context tokens only when
+        ``context`` (a generation); they are no embeds for ``/encode``."""
         with self.lock:
-            return self._tokens(req, place)
+            return self._tokens(req, place, context)
 
-    def _tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
+    def _tokens(
+        self, req: UnitRequest, place: Placement, context: bool = False
+    ) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
         if not req.model:
             raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
         if not req.images and req.embeds is None:
             raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
         adapter = self._adapter(req.model)
+        if adapter.info.variant == "flux-redux" and not context:
+            raise IPAdapterError(
+                f"'{req.model}' is Flux Redux: its tokens are added to the prompt when generating, so there are no "
+                "embeds to make. Send the image in the unit itself."
+            )
         if req.embeds is not None:
             return (adapter, "embeds", *self._embeds_tokens(req, adapter))
         if adapter.info.encoder.output in FACE_OUTPUTS:
@@ -251,11 +266,17 @@ class Engine:
         return adapter, encoder_name, cond, uncond
 
     def _encode_group(
-        self, req: UnitRequest, adapter: IPAdapterModel, encoder: ClipVisionEncoder, images: list, place: Placement
+        self, req: UnitRequest, adapter: IPAdapterModel, encoder: ImageEncoder, images: list, place: Placement
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cond and uncond tokens ([1, T, ctx] each) of ``images`` as one reference."""
         weights = None if req.per_image else req.image_weights
         cond_enc = combine_encoded(encode_references(encoder, images, req.crop, self.embeddings), req.combine, weights)
+        if adapter.info.variant == "flux-redux":  # context tokens for the cond rows only
+            adapter.to(place.device)
+            tokens = adapter.project(cond_enc.map(lambda t: t.to(place.device)))
+            tokens = downsample_tokens(tokens, req.redux_downsample, req.redux_downsample_mode)
+            cond = tokens.reshape(1, -1, tokens.shape[-1])
+            return cond, cond[:, :0]
         if req.negative_images:
             uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
         elif req.noise > 0:
@@ -325,24 +346,28 @@ class Engine:
             )
         return cond, uncond
 
-    def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
+    def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit | ContextUnit:
+        """A unit ready for sampling: K/V for an IP-Adapter, context tokens for Flux Redux."""
         with self.lock:
             return self._prepare_unit(req, unet, place)
 
-    def _prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit:
+    def _prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit | ContextUnit:
         if req.model:
             info = self._adapter(req.model).info
             try:
                 check_unet(info, unet, f"'{req.model}'")
             except IncompatibleModelError as exc:
                 raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
+            if info.variant == "flux-redux":
+                return self._prepare_redux(req, unet, place)
         weights = self._layer_weights(req, unet)
         mask = self._mask(req)
         adapter, encoder_name, cond, uncond = self._tokens(req, place)
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
             faces = tuple(zip(req.images, self.found_faces(req), strict=True))  # cached: no second detection
-        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, weights.swapped_layers(unet.transformer_index))
+        swapped = weights.swapped_layers(unet.transformer_index)
+        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, swapped, head_dim=unet.head_dim)
         description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
         return PreparedUnit(
             req.number,
@@ -359,6 +384,38 @@ class Engine:
             lora=adapter.lora,
             lora_strength=req.lora_strength,
             faces=faces,
+        )
+
+    def _prepare_redux(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> ContextUnit:
+        """Redux: its tokens (downsampled; multiplied by the strength in ``scale`` mode), built once."""
+        self._layer_weights(req, unet)  # weight types and layer weights do not apply on Flux
+        if req.weight < 0:
+            raise IPAdapterError(
+                f"Redux's strength is the unit's weight, which is {req.weight:g}; use 0 or more "
+                "(0 adds nothing, 1 is the reference as trained)."
+            )
+        if req.embeds is not None:
+            raise IPAdapterError("Redux units take reference images, not embeds from /encode. Send the image itself.")
+        if req.negative_images or req.noise > 0:
+            raise IPAdapterError(
+                "Redux tokens go to the positive conditioning only, so negative_image and noise do not apply. Remove them."
+            )
+        if not DOWNSAMPLE_RANGE[0] <= req.redux_downsample <= DOWNSAMPLE_RANGE[1]:
+            raise IPAdapterError(f"redux_downsample must be 1 to 9, not {req.redux_downsample}.")
+        mask = self._mask(req)
+        adapter, encoder_name, cond, _ = self._tokens(req, place, context=True)
+        if req.redux_strength_mode is StrengthMode.SCALE and req.weight != 1:
+            cond = cond * req.weight
+        return ContextUnit(
+            req.number,
+            cond.to(place.device, place.dtype),
+            req.weight,
+            StrengthMode(req.redux_strength_mode),
+            req.start,
+            req.end,
+            mask,
+            f"{adapter.info.name} · {req.model} + {encoder_name}",
+            downsample=req.redux_downsample,
         )
 
     @staticmethod
@@ -392,12 +449,13 @@ class Engine:
 
     def prepare(self, requests: Sequence[UnitRequest], unet: UNetSignature, place: Placement) -> Job:
         """All units or none: the first failing unit raises, naming its number."""
-        units = []
+        units, context = [], []
         with self.lock:
             for req in requests:
                 try:
-                    units.append(self._prepare_unit(req, unet, place))
+                    unit = self._prepare_unit(req, unet, place)
                 except IPAdapterError as exc:
                     raise IPAdapterError(f"IP-Adapter unit {req.number}: {exc}") from exc
+                (context if isinstance(unit, ContextUnit) else units).append(unit)
         self._kv.update(unit.kv for unit in units)
-        return Job(units, upcast=place.upcast_attention)
+        return Job(units, upcast=place.upcast_attention, context=context)

@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .attend.attention import SCALERS, ImageKV, WeightMode
 from .attend.attention_map import UnitMap
+from .attend.context import ContextUnit
 from .attend.hooks import Attn2Hooks
 from .attend.kv import UnitKV
 from .attend.lora import FaceIDLoRA, LoRAHooks, ldm_attention_pairs
@@ -173,6 +174,8 @@ class Job:
     record_rows: bool = False
     #: Where the UNet's input was last seen; the K/V follow it (``None``: not seen yet).
     _device: torch.device | None = None
+    #: Flux Redux units: context tokens rather than attention terms (hosts with Flux apply them).
+    context: list[ContextUnit] = field(default_factory=list)
 
     # -- host events -------------------------------------------------------------------------
     def begin_step(self, progress: float, cond_rows: int, total_rows: int) -> None:

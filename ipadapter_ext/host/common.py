@@ -126,7 +126,7 @@ class StateBase:
     def log_units(self) -> None:
         if not self.logged and self.job is not None:
             self.logged = True
-            for unit in self.job.units:
+            for unit in (*self.job.units, *self.job.context):
                 print(unit.log_line())
 
     def skip_hires(self, p: Any) -> bool:

@@ -30,8 +30,11 @@ class _EngineHolder:
             adapters.mkdir(parents=True, exist_ok=True)
             extra = [Path(p.strip()) for p in str(opt("ipadapter_extra_folders", "")).split(",") if p.strip()]
             cn_models, cn_encoders = extra_model_dirs()  # folders sd-webui-controlnet keeps
+            styles = [root / "style_models"] if (root / "style_models").is_dir() else []  # Redux, where a host keeps it
             registry = ModelRegistry(
-                [adapters, *extra], [root / "clip_vision", *extra, *cn_encoders], [root / "ControlNet", *cn_models]
+                [adapters, *styles, *extra],
+                [root / "clip_vision", *extra, *cn_encoders],
+                [root / "ControlNet", *cn_models],
             )
             faces = FaceReferences(lambda: face_pack_roots(root), lambda: str(opt("ipadapter_face_pack", "buffalo_l")))
             cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)), faces=faces)

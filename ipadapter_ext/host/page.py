@@ -38,6 +38,10 @@ def face_status(info: Any) -> str:
     return "".join(f"  \n{n}" for n in notes)
 
 
+def _article(name: str) -> str:
+    return "an" if name[:1] in "AEIOU" else "a"
+
+
 def ui_hooks() -> Any:
     from ..ui.accordion import UiHooks
 
@@ -55,11 +59,13 @@ def ui_hooks() -> Any:
         if entry.info is None:
             return f"⚠ {entry.error}"
         text = entry.info.describe() + face_status(entry.info)
+        if entry.info.variant == "flux-redux":
+            text += "  \nThe weight is Redux's strength; its tokens go to the prompt's side only (no negative image)."
         if getattr(entry.info, "arch", "sd") == "flux":
             from . import is_forge
 
             if not is_forge():
-                text += "  \n⚠ an XLabs Flux IP-Adapter: it needs Forge with a Flux checkpoint (A1111 has no Flux)."
+                text += f"  \n⚠ {_article(entry.info.name)} {entry.info.name}: it needs Forge with a Flux checkpoint (A1111 has no Flux)."
         try:
             from modules import shared
 
@@ -69,6 +75,13 @@ def ui_hooks() -> Any:
         except Exception:  # no model loaded yet
             pass
         return text
+
+    def is_redux(model: str) -> bool:
+        try:
+            info = engine().registry.adapter(model).info
+        except IPAdapterError:
+            return False
+        return info is not None and info.variant == "flux-redux"
 
     default_weight = float(opt("ipadapter_default_weight", DEFAULTS.weight))
     return UiHooks(
@@ -80,6 +93,7 @@ def ui_hooks() -> Any:
         known_models=lambda: [m.name for m in KNOWN_MODELS],
         download=download_models,
         attention_map_default=bool(opt("ipadapter_attention_map", False)),
+        is_redux=is_redux,
     )
 
 

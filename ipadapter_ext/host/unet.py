@@ -49,10 +49,18 @@ def is_flux(diffusion_model: Any) -> bool:
 
 
 def flux_signature(diffusion_model: Any) -> UNetSignature:
-    """What the checks compare an adapter with: text width, and the hidden width per double block."""
+    """What the checks compare an adapter with: text width, the hidden width per double block, the
+    single blocks and the heads' width."""
     blocks = len(diffusion_model.double_blocks)
     hidden = int(diffusion_model.hidden_size)
-    return UNetSignature(int(diffusion_model.txt_in.in_features), (hidden,) * blocks, FLUX_LABEL, arch="flux")
+    return UNetSignature(
+        int(diffusion_model.txt_in.in_features),
+        (hidden,) * blocks,
+        FLUX_LABEL,
+        arch="flux",
+        single_blocks=len(diffusion_model.single_blocks),
+        head_dim=hidden // int(diffusion_model.num_heads),
+    )
 
 
 def model_signature(sd_model: Any) -> UNetSignature:

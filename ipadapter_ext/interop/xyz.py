@@ -18,6 +18,7 @@ from typing import Any
 
 from ..api.payload import validation_message
 from ..core.attend.attention import WeightMode
+from ..core.attend.context import StrengthMode
 from ..core.attend.weights import WeightType
 from ..core.errors import IPAdapterError
 from ..schema import PYDANTIC_V2, IPAdapterUnit
@@ -50,6 +51,8 @@ AXES = (
     Axis("[IP-Adapter] Noise", "noise", float),
     Axis("[IP-Adapter] FaceID LoRA strength", "lora_strength", float),
     Axis("[IP-Adapter] FaceID v2 weight", "faceid_v2_weight", float),
+    Axis("[IP-Adapter] Redux strength mode", "redux_strength_mode", str, tuple(m.value for m in StrengthMode)),
+    Axis("[IP-Adapter] Redux downsampling", "redux_downsample", int),
 )
 _FIELDS = {a.field for a in AXES}
 

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ..core.attend.attention import WeightMode
+from ..core.attend.context import DOWNSAMPLE_RANGE, DownsampleMode, StrengthMode
 from ..core.attend.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
 from ..core.encode.combine import CombineMode
 from ..core.encode.preprocess import CropMode
@@ -42,6 +43,7 @@ class UiHooks:
     known_models: Callable[[], list[str]] | None = None  # official files that can be downloaded
     download: Callable[[list[str]], str] | None = None  # names → status text
     attention_map_default: bool = False  # the "show where each unit acts" setting
+    is_redux: Callable[[str], bool] = lambda _model: False  # the model is Flux Redux: show its controls
 
 
 def build(
@@ -148,6 +150,7 @@ def _unit(
     composition = gr.Slider(label=label("Composition weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                             value=DEFAULTS.composition_weight, visible=False, elem_id=eid("composition_weight"))  # fmt: skip
     type_info = gr.Markdown(DESCRIPTIONS[DEFAULTS.weight_type], elem_id=eid("weight_type_info"))
+    redux_row, redux = _redux(eid, label)
     advanced = _advanced(eid, label, is_img2img)
 
     def on_weight_type(kind: str):
@@ -175,10 +178,29 @@ def _unit(
         upload.upload(lambda: (True, True), outputs=[enabled, accordion])
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
+    model.change(lambda name: gr.update(visible=hooks.is_redux(name)), inputs=[model], outputs=[redux_row])
     *advanced, from_inpaint, invert, lora, v2 = advanced
     values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced,
-              from_init, from_inpaint, invert, lora, v2]  # fmt: skip
-    return {**dict(zip(UNIT_FIELDS, values, strict=True)), "info": info, "weight_type_info": type_info}
+              from_init, from_inpaint, invert, lora, v2, *redux]  # fmt: skip
+    return {
+        **dict(zip(UNIT_FIELDS, values, strict=True)),
+        "info": info,
+        "weight_type_info": type_info,
+        "redux_row": redux_row,
+    }
+
+
+def _redux(eid: Callable[[str], str], label: Callable[[str], str]) -> tuple[Any, list]:
+    """Flux Redux's controls, shown when a Redux model is chosen: how the weight (its strength)
+    acts, and the downsampling of its token grid."""
+    with gr.Row(visible=False, elem_id=eid("redux")) as row:
+        mode = gr.Dropdown(label=label("Strength mode (Redux)"), choices=[m.value for m in StrengthMode],
+                           value=DEFAULTS.redux_strength_mode.value, elem_id=eid("redux_strength_mode"))  # fmt: skip
+        factor = gr.Slider(label=label("Downsampling (Redux)"), minimum=DOWNSAMPLE_RANGE[0], maximum=DOWNSAMPLE_RANGE[1],
+                           step=1, value=DEFAULTS.redux_downsample, elem_id=eid("redux_downsample"))  # fmt: skip
+        resample = gr.Dropdown(label=label("Downsampling mode (Redux)"), choices=[m.value for m in DownsampleMode],
+                               value=DEFAULTS.redux_downsample_mode.value, elem_id=eid("redux_downsample_mode"))  # fmt: skip
+    return row, [mode, factor, resample]
 
 
 def _advanced(eid: Callable[[str], str], label: Callable[[str], str], is_img2img: bool) -> list:

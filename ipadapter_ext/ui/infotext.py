@@ -20,12 +20,15 @@ _ALWAYS = ("model", "encoder", "weight", "start", "end", "crop", "images")
 _BOOLS = ("image_from_init", "mask_from_inpaint", "mask_invert")  # written as "yes" when on
 _OPTIONAL = (
     "weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise",
-    "lora_strength", "faceid_v2_weight", *_BOOLS,
+    "lora_strength", "faceid_v2_weight", *_BOOLS, "redux_strength_mode", "redux_downsample", "redux_downsample_mode",
 )  # fmt: skip
 _IMAGES = ("negative_image", "mask")  # written as "yes" when given
-_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES)
+#: Written by the host after preparing the unit, for the reader only (Redux: tokens it added).
+_NOTES = ("context_tokens",)
+_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES, *_NOTES)
 _FLOATS = ("weight", "start", "end", "composition_weight", "noise", "lora_strength", "faceid_v2_weight")
-_CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine")
+_INTS = ("redux_downsample",)
+_CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine", "redux_strength_mode", "redux_downsample_mode")
 #: The fields a paste restores into the UI (in addition to the unit's enabled box).
 PASTE_FIELDS = ("model", "encoder", "weight", "start", "end", "crop", *_OPTIONAL)
 _SPLIT = re.compile(r", (?=(?:" + "|".join(_FIELDS) + r"): )")
@@ -79,6 +82,9 @@ def parse_unit_infotext(text: str) -> dict[str, Any]:
             out[name] = float(values[name])
         except (KeyError, ValueError):
             continue
+    for name in _INTS:
+        if values.get(name, "").isdigit():
+            out[name] = int(values[name])
     for name in (*_CHOICES, "layer_weights", "image_weights"):
         if name in values:
             out[name] = values[name]
@@ -106,7 +112,7 @@ def paste_value(fields: dict[str, Any], name: str) -> Any:
         return fields[name]
     if name in _OPTIONAL:
         default = getattr(DEFAULTS, name)
-        if name in _FLOATS or name in _BOOLS:
+        if name in _FLOATS or name in _BOOLS or name in _INTS:
             return default
         return "" if default is None else _text(default)
     return None

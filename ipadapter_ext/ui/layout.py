@@ -27,6 +27,9 @@ UNIT_FIELDS = (
     "mask_invert",
     "lora_strength",
     "faceid_v2_weight",
+    "redux_strength_mode",
+    "redux_downsample",
+    "redux_downsample_mode",
 )
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -25,7 +25,8 @@ at dfdcbab6 (own implementations, no Forge code):
   and if found calls ``patch(to_q(n), to_k(ctx), to_v(ctx), extra_options)`` and ``to_out`` on the
   result; otherwise ``CrossAttention.forward`` runs (to_q/k/v, ``attention_function``, to_out).
 
-The UNet modules are the WebUI's ``ldm`` ones (sdkit), which Forge's UNet mirrors layer for layer.
+The UNet modules are the WebUI's ``ldm`` ones (sdkit), which Forge's UNet mirrors layer for layer;
+they are imported where the UNet runs, so the patcher doubles serve Flux tests without ``ldm``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ import copy
 from types import SimpleNamespace
 
 import torch
-from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
-from ldm.modules.diffusionmodules.util import timestep_embedding
 
 
 class ModelPatcher:
@@ -165,6 +163,8 @@ def unet_patcher(unet, load_device=None) -> UnetPatcher:
 
 
 def forge_unet_forward(unet, x, timesteps, context, transformer_options):
+    from ldm.modules.diffusionmodules.util import timestep_embedding
+
     to = transformer_options
     to["original_shape"] = list(x.shape)
     to["transformer_index"] = 0
@@ -183,6 +183,9 @@ def forge_unet_forward(unet, x, timesteps, context, transformer_options):
 
 
 def _sequential(seq, x, emb, context, to):
+    from ldm.modules.attention import SpatialTransformer
+    from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
+
     for layer in seq:
         if isinstance(layer, TimestepBlock):
             x = layer(x, emb)

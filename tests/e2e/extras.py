@@ -12,7 +12,9 @@ the server starts (so its first scan lists them), and removed with the rest afte
   test_webui_memory.py;
 * refiner twins: the session's checkpoint (and the tiny SDXL, with its yaml) again under another
   name, as symbolic links, so a request can name them as its refiner and the host switches models
-  mid-sampling (same weights: what is tested is the switch); see test_webui_refiner.py.
+  mid-sampling (same weights: what is tested is the switch); see test_webui_refiner.py;
+* with a Flux checkpoint, a second extension patching Flux's blocks (:mod:`tests.e2e.second_script`,
+  two copies: one loads before this extension, one after), for test_webui_flux.py.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sdxl
+from . import sdxl, second_script
 from .probe import write_probe
-from .webui import ADAPTER_FILE
+from .webui import ADAPTER_FILE, find_checkpoint, is_flux_checkpoint
 
 BIN_TWIN_FILE = "e2e-tiny-plus-twin.bin"
 REFINER_TWIN_FILE = "e2e-refiner-twin.safetensors"
@@ -69,6 +71,8 @@ def write_extra_models(root: Path, python: str, created: list[Path], checkpoint:
     if extras.sdxl is not None:
         tiny = folder / extras.sdxl.checkpoint
         extras.sdxl_refiner_twin = link_twin(tiny, folder / SDXL_REFINER_TWIN_FILE, created)
+    if is_flux_checkpoint(find_checkpoint(root)):
+        second_script.install(root, python, created)
     return extras
 
 

@@ -341,3 +341,43 @@ def test_img2img_only_controls_and_the_faceid_controls(page):
 
     assert "reference" in page.wait(lambda: title_of("Unit 1 use the img2img input as the reference"), "a hint")
     assert "LoRA" in page.wait(lambda: title_of("Unit 1 FaceID LoRA strength"), "the LoRA strength hint")
+
+
+def test_a_redux_model_shows_its_controls(page, webui, artifacts):
+    """Choosing a Flux Redux model shows the unit's Redux controls with the schema's defaults;
+    choosing no model hides them again (any checkpoint: the controls do not depend on it)."""
+    if webui.root is None:
+        pytest.skip("needs WEBUI_ROOT: the test adds a Redux file to the install's models/ipadapter")
+    from safetensors.torch import save_file
+
+    from tests.flux_env import redux_tensors
+
+    added = webui.root / "models" / "ipadapter" / "e2e-browser-redux.safetensors"
+    save_file({k: v.contiguous() for k, v in redux_tensors(embed=128, txt=64).items()}, str(added))
+    try:
+        page.open_accordion("txt2img", tick=False)
+        css = page.uid("txt2img", 1, "model")
+        page.find(page.uid("txt2img", 1, "refresh")).click()
+        page.wait(lambda: "e2e-browser-redux" in page.dropdown_options(css), "the Redux model in the list")
+
+        def shown() -> bool:
+            return bool(page.js("const el = document.querySelector(arguments[0]);"
+                                "return !!el && el.offsetParent !== null;", page.uid("txt2img", 1, "redux")))  # fmt: skip
+
+        assert not shown(), "the Redux controls show before a Redux model is chosen"
+        page.choose(css, "e2e-browser-redux")
+        page.wait(shown, "the Redux controls")
+        assert page.dropdown_value(page.uid("txt2img", 1, "redux_strength_mode")) == "scale"
+        assert page.number(page.uid("txt2img", 1, "redux_downsample")) == 1
+        assert page.dropdown_value(page.uid("txt2img", 1, "redux_downsample_mode")) == "area"
+        assert "attention bias" in page.dropdown_options(page.uid("txt2img", 1, "redux_strength_mode"))
+        info = page.wait(
+            lambda: (t := page.find(page.uid("txt2img", 1, "info")).text) and "Redux" in t and t, "the info"
+        )
+        assert "Flux Redux" in info and "strength" in info, info
+        print(f"\nscreenshot: {page.screenshot(artifacts / 'redux-unit.png', '#script_txt2img_ipadapter_enabled')}")
+        page.choose(css, "None")
+        page.wait(lambda: not shown(), "the Redux controls to hide")
+    finally:
+        added.unlink(missing_ok=True)
+        webui.client.get("/ipadapter/v1/models?refresh=true")

@@ -37,6 +37,7 @@ class UnitKV:
         device: torch.device | str,
         dtype: torch.dtype,
         swapped: Sequence[bool] = (),
+        head_dim: int = 0,  # the transformer's head width: InstantX normalises its keys per head
     ) -> None:
         if uncond.shape[1] != cond.shape[1]:
             # Attention over k copies of the same tokens equals attention over one copy, so a
@@ -48,7 +49,7 @@ class UnitKV:
             uncond = uncond.expand(cond.shape[0], -1, -1)
         self.per_image = int(cond.shape[0])
         tokens = torch.cat((uncond, cond), dim=0)  # [2n, T, ctx]
-        self.kv = adapter.layer_kv(tokens, device, dtype)
+        self.kv = adapter.layer_kv(tokens, device, dtype, head_dim=head_dim)
         self.swapped = tuple(bool(s) for s in swapped) or (False,) * len(self.kv)
         if any(self.swapped):
             self.kv = [

@@ -87,7 +87,7 @@ class EmbeddingCache:
 def concat_encoded(parts: list[EncodedImages]) -> EncodedImages:
     """Stack per-image encodings into one batch, field by field."""
     fields = {}
-    for name in ("image_embeds", "hidden", "face"):
+    for name in ("image_embeds", "hidden", "face", "last_hidden"):
         values = [getattr(p, name) for p in parts]
         fields[name] = None if any(v is None for v in values) else torch.cat(values, dim=0)
     return EncodedImages(**fields)

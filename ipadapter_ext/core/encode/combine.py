@@ -66,7 +66,7 @@ def combine_encoded(
 
 
 def _count(enc: EncodedImages) -> int:
-    for value in (enc.image_embeds, enc.hidden, enc.face):
+    for value in (enc.image_embeds, enc.hidden, enc.face, enc.last_hidden):
         if value is not None:
             return int(value.shape[0])
     return 0

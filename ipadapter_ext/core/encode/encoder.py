@@ -18,9 +18,10 @@ import torch
 
 from ..errors import EncoderError, ModelFileError
 from ..load.detect import KNOWN_HIDDEN
-from ..load.formats import Shape, guess_content, read_flat_tensors
+from ..load.formats import Shape, guess_content, read_flat_tensors, read_shapes
 from ..project.projections import EncodedImages
 from .preprocess import CLIP_MEAN, CLIP_STD
+from .siglip import SiglipVisionEncoder, SiglipVisionSpec, infer_siglip_spec, is_siglip
 
 _VISION = "vision_model."
 _PROJECTION = "visual_projection.weight"
@@ -42,6 +43,7 @@ class ClipVisionSpec:
     num_channels: int
     projection_dim: int | None  # None when the file has no visual_projection
     hidden_act: str
+    family: str = "clip"
 
     @property
     def name(self) -> str | None:
@@ -139,6 +141,8 @@ def build_clip_model(spec: ClipVisionSpec, state: Mapping[str, torch.Tensor], fi
 class ClipVisionEncoder:
     """A loaded encoder plus what is derived from it once: its spec and its uncond hidden states."""
 
+    mean, std = CLIP_MEAN, CLIP_STD
+
     def __init__(self, model, spec: ClipVisionSpec, name: str = "encoder", identity: str | None = None) -> None:
         self.model = model
         self.spec = spec
@@ -215,3 +219,24 @@ class ClipVisionEncoder:
 
     def info(self) -> dict:
         return {"name": self.name, **asdict(self.spec), "description": self.spec.describe()}
+
+
+#: Every encoder kind: CLIP vision (SD adapters, XLabs) and SigLIP (InstantX, Redux).
+ImageEncoder = ClipVisionEncoder | SiglipVisionEncoder
+EncoderSpec = ClipVisionSpec | SiglipVisionSpec
+
+
+def infer_encoder_spec(shapes: Mapping[str, Shape], filename: str = "encoder") -> EncoderSpec:
+    """CLIP or SigLIP, told apart by the class embedding only CLIP has, then read from shapes."""
+    if is_siglip(shapes):
+        return infer_siglip_spec(shapes, filename)
+    return infer_clip_spec(shapes, filename)
+
+
+def load_encoder(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ImageEncoder:
+    """The encoder in ``path``, whichever kind its tensors say it is."""
+    if is_siglip(read_shapes(path)):
+        return SiglipVisionEncoder.from_file(path, device, dtype)
+    return ClipVisionEncoder.from_file(path, device, dtype)

@@ -16,8 +16,15 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: SigLIP's processor (``SiglipImageProcessor``): mean and std 0.5, no centre crop.
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 #: Pixel colour used for letterboxing: the CLIP mean, which normalises to zero.
 PAD_COLOUR = tuple(round(m * 255) for m in CLIP_MEAN)
+
+
+def pad_colour(mean: tuple[float, ...]) -> tuple[int, ...]:
+    """The letterbox colour that normalises to (about) zero for an encoder's ``mean``."""
+    return tuple(round(m * 255) for m in mean)
 
 
 class CropMode(str, Enum):
@@ -67,35 +74,49 @@ def _crop(image: Image.Image, size: int, anchor: tuple[float, float]) -> Image.I
     return image.crop((left, top, left + size, top + size))
 
 
-def _pad_square(image: Image.Image) -> Image.Image:
+def _pad_square(image: Image.Image, colour: tuple[int, ...] = PAD_COLOUR) -> Image.Image:
     w, h = image.size
     side = max(w, h)
-    canvas = Image.new("RGB", (side, side), PAD_COLOUR)
+    canvas = Image.new("RGB", (side, side), colour)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
     return canvas
 
 
 def prepare_image(
-    image: Image.Image | np.ndarray, size: int = 224, crop: CropMode | str = CropMode.CENTER
+    image: Image.Image | np.ndarray,
+    size: int = 224,
+    crop: CropMode | str = CropMode.CENTER,
+    pad: tuple[int, ...] = PAD_COLOUR,
 ) -> Image.Image:
-    """Resize and crop to ``size``×``size`` according to ``crop``."""
+    """Resize and crop to ``size``×``size`` according to ``crop`` (``pad``: the letterbox colour).
+    ``squash`` is exactly SigLIP's own processor (a bicubic resize to the square, no crop)."""
     mode = CropMode(crop)
     image = to_rgb_image(image)
     if mode is CropMode.SQUASH:
         return image.resize((size, size), resample=Image.BICUBIC)
     if mode is CropMode.PAD:
-        return _pad_square(image).resize((size, size), resample=Image.BICUBIC)
+        return _pad_square(image, pad).resize((size, size), resample=Image.BICUBIC)
     return _crop(_resize_shortest(image, size), size, _ANCHORS[mode])
 
 
-def normalise(image: Image.Image) -> torch.Tensor:
+def normalise(
+    image: Image.Image, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> torch.Tensor:
     """RGB image → [3, H, W] float32, with the processor's exact arithmetic order."""
     arr = np.asarray(image, dtype=np.uint8)
     x = (arr * (1 / 255)).astype(np.float32)
-    x = (x - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def pixel_values(images: list, size: int = 224, crop: CropMode | str = CropMode.CENTER) -> torch.Tensor:
-    """A batch of references → [N, 3, size, size] normalised pixel values."""
-    return torch.stack([normalise(prepare_image(im, size, crop)) for im in images])
+def pixel_values(
+    images: list,
+    size: int = 224,
+    crop: CropMode | str = CropMode.CENTER,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
+    """A batch of references → [N, 3, size, size] normalised pixel values (CLIP's mean and std
+    unless the encoder has its own)."""
+    pad = pad_colour(mean)
+    return torch.stack([normalise(prepare_image(im, size, crop, pad), mean, std) for im in images])

@@ -13,20 +13,26 @@ import torch
 
 from ..project.projections import EncodedImages
 from .cache import EmbeddingCache, concat_encoded, image_digest
-from .encoder import ClipVisionEncoder
+from .encoder import ImageEncoder
 from .preprocess import CLIP_MEAN, CLIP_STD, CropMode, pixel_values
 
 #: The noise is seeded, so a negative made with noise is reproducible like the rest of the image.
 NOISE_SEED = 0
 
 
-def add_noise(pixels: torch.Tensor, noise: float, seed: int = NOISE_SEED) -> torch.Tensor:
+def add_noise(
+    pixels: torch.Tensor,
+    noise: float,
+    seed: int = NOISE_SEED,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
     """Normalised pixels blended towards uniform noise: ``(1 − noise)·image + noise·U[0, 1]`` in
     0–1 colour space, then normalised again. ``noise`` 0 returns the pixels unchanged."""
     if noise <= 0:
         return pixels
-    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=pixels.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
     generator = torch.Generator().manual_seed(seed)
     uniform = torch.rand(pixels.shape, generator=generator, dtype=pixels.dtype)
     colour = (pixels * std + mean).clamp(0, 1)
@@ -34,7 +40,7 @@ def add_noise(pixels: torch.Tensor, noise: float, seed: int = NOISE_SEED) -> tor
 
 
 def encode_references(
-    encoder: ClipVisionEncoder,
+    encoder: ImageEncoder,
     images: Sequence,
     crop: CropMode | str = CropMode.CENTER,
     cache: EmbeddingCache | None = None,
@@ -45,11 +51,12 @@ def encode_references(
         raise ValueError("no reference image given")
     mode = CropMode(crop)
     size = encoder.spec.image_size
+    mean, std = encoder.mean, encoder.std
     parts = []
     for image in images:
 
         def compute(image=image) -> EncodedImages:
-            return encoder.encode(add_noise(pixel_values([image], size, mode), noise))
+            return encoder.encode(add_noise(pixel_values([image], size, mode, mean, std), noise, mean=mean, std=std))
 
         if cache is None:
             parts.append(compute())

@@ -1,7 +1,10 @@
 """A loaded IP-Adapter: projection module plus per-layer ``to_k_ip``/``to_v_ip`` weights.
 
 SD adapters' K/V projections have no bias; XLabs' Flux adapters (one K/V pair per double-stream
-block) have one, so the biases are optional and ``layer_kv`` adds them when present.
+block) have one, so the biases are optional and ``layer_kv`` adds them when present. InstantX's
+Flux adapter has one pair per double and single block, no bias, and an RMS norm on each head of
+its keys (applied in ``layer_kv``, once per generation). Flux Redux has no K/V at all: its
+projection makes context tokens.
 
 Loading (files, detection) is kept apart from the math: :meth:`IPAdapterModel.from_tensors`
 takes already-read tensors, so tests and the API's embeds path share the exact code that runs in
@@ -15,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..attend.flux import rms_norm_heads
 from ..attend.lora import FaceIDLoRA
-from ..encode.encoder import ClipVisionEncoder
+from ..encode.encoder import ClipVisionEncoder, ImageEncoder
 from ..errors import ModelFileError
 from ..project.projections import EncodedImages, Projection, build_projection
 from .detect import AdapterInfo, detect_adapter
@@ -54,6 +58,13 @@ class IPAdapterModel:
     ) -> IPAdapterModel:
         info = detect_adapter(tensors.shapes(), filename, override)
         projection = build_projection(info, tensors.image_proj, filename)
+        if info.variant == "flux-redux":  # context tokens only
+            return cls(info, projection, [], [], Path(filename).stem)
+        if info.variant == "instantx-flux":  # one K/V Linear without bias per block, numbered from 0
+            kv = tensors.ip_adapter
+            to_k = [kv[f"{n}.to_k_ip.weight"] for n in range(info.num_layers)]
+            to_v = [kv[f"{n}.to_v_ip.weight"] for n in range(info.num_layers)]
+            return cls(info, projection, to_k, to_v, Path(filename).stem)
         if info.arch == "flux":  # one K/V Linear with bias per double block, numbered from 0
             kv = tensors.ip_adapter
             keys = range(info.num_layers)
@@ -103,10 +114,11 @@ class IPAdapterModel:
             face=None if enc.face is None else torch.zeros_like(enc.face),
         )
 
-    def negative_inputs(self, enc: EncodedImages, encoder: ClipVisionEncoder | None) -> EncodedImages:
+    def negative_inputs(self, enc: EncodedImages, encoder: ImageEncoder | None) -> EncodedImages:
         """The encoder inputs of the uncond tokens, as the adapter's authors build them: for
         XLabs' Flux adapters (x-flux, and diffusers' Flux pipeline) the CLIP image embeds of an
-        all-black picture, one per reference; for SD adapters :meth:`uncond_inputs`."""
+        all-black picture, one per reference (InstantX's pipeline has no true CFG: its units take
+        the same, SigLIP's pooled output of a black picture); for SD adapters :meth:`uncond_inputs`."""
         if self.info.arch != "flux":
             return self.uncond_inputs(enc, encoder)
         if encoder is None:
@@ -116,19 +128,32 @@ class IPAdapterModel:
         return EncodedImages(image_embeds=black.expand(embeds.shape[0], -1))
 
     def cond_uncond_tokens(
-        self, enc: EncodedImages, encoder: ClipVisionEncoder | None, shortcut_scale: float = 1.0
+        self, enc: EncodedImages, encoder: ImageEncoder | None, shortcut_scale: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """([1, N·T, ctx], [1, N·T, ctx]): all references' tokens concatenated, and the uncond."""
         cond = self.project(enc, shortcut_scale)
         uncond = self.project(self.negative_inputs(enc, encoder), shortcut_scale)
         return cond.reshape(1, -1, cond.shape[-1]), uncond.reshape(1, -1, uncond.shape[-1])
 
+    @property
+    def normalises_keys(self) -> bool:
+        """InstantX: its keys are RMS-normalised per head (``norm_added_k``)."""
+        return self.info.variant == "instantx-flux"
+
     @torch.inference_mode()
     def layer_kv(
-        self, tokens: torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        tokens: torch.Tensor,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        head_dim: int = 0,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, ``(tokens · W_kᵀ [+ b_k], tokens · W_vᵀ [+ b_v])`` on ``device`` in ``dtype``
-        (default: the weights'). Each weight visits the device only for its own product."""
+        (default: the weights'). Each weight visits the device only for its own product. For
+        InstantX the keys are then RMS-normalised over each head of ``head_dim`` (the
+        transformer's), in fp32 before the cast to ``dtype``."""
+        if self.normalises_keys and head_dim <= 0:
+            raise ValueError(f"{self.name}: its keys are normalised per head; the transformer's head width is needed")
         out = []
         n = len(self.to_k)
         bias_k = self.to_k_bias or [None] * n
@@ -139,5 +164,8 @@ class IPAdapterModel:
             bk = None if bk is None else bk.to(device=wk.device, dtype=wk.dtype)
             bv = None if bv is None else bv.to(device=wv.device, dtype=wv.dtype)
             t = tokens.to(device=wk.device, dtype=wk.dtype)
-            out.append((F.linear(t, wk, bk), F.linear(t, wv, bv)))
+            k, v = F.linear(t, wk, bk), F.linear(t, wv, bv)
+            if self.normalises_keys:
+                k = rms_norm_heads(k, head_dim)
+            out.append((k, v))
         return out

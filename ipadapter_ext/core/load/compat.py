@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..encode.encoder import ClipVisionSpec
+from ..encode.encoder import EncoderSpec
 from ..errors import IncompatibleModelError
 from .detect import KNOWN_CONTEXT, AdapterInfo, EncoderOutput
 
@@ -24,7 +24,9 @@ class UNetSignature:
     against) and ``transformer_blocks`` each transformer's block ("input", "middle", "output").
 
     For Flux (``arch="flux"``) the "layers" are the double-stream blocks: ``attn2_widths`` holds
-    the hidden width once per double block and ``context_dim`` the text-token width (``txt_in``).
+    the hidden width once per double block and ``context_dim`` the text-token width (``txt_in``);
+    ``single_blocks`` counts the single-stream blocks (InstantX patches them too) and ``head_dim``
+    is the attention heads' width (InstantX normalises its keys per head).
     """
 
     context_dim: int
@@ -33,6 +35,8 @@ class UNetSignature:
     transformer_index: tuple[int, ...] = ()
     transformer_blocks: tuple[str, ...] = ()
     arch: str = "sd"
+    single_blocks: int = 0
+    head_dim: int = 0
 
     @classmethod
     def from_slots(cls, context_dim: int, widths: Sequence[int], slots: Sequence, label: str = "") -> UNetSignature:
@@ -97,7 +101,19 @@ def _article(word: str) -> str:
 
 def _check_flux(info: AdapterInfo, unet: UNetSignature, model_name: str) -> None:
     widths = set(unet.attn2_widths)
-    if info.num_layers != len(unet.attn2_widths) or set(info.layer_widths) != widths:
+    if info.variant == "instantx-flux":
+        blocks = len(unet.attn2_widths) + unet.single_blocks
+        if info.num_layers != blocks or set(info.layer_widths) != widths:
+            raise IncompatibleModelError(
+                f"{model_name} is made for a Flux transformer with {info.num_layers} blocks (double and single) "
+                f"{info.layer_widths[0] if info.layer_widths else 0} wide; the loaded one has {blocks} blocks "
+                f"({len(unet.attn2_widths)} double, {unet.single_blocks} single) "
+                f"{'/'.join(str(w) for w in sorted(widths)) or 0} wide. Use a full Flux.1 checkpoint "
+                "(dev or schnell), not a pruned or resized one."
+            )
+    elif info.variant != "flux-redux" and (
+        info.num_layers != len(unet.attn2_widths) or set(info.layer_widths) != widths
+    ):
         raise IncompatibleModelError(
             f"{model_name} is made for a Flux transformer with {info.num_layers} double blocks "
             f"{info.layer_widths[0] if info.layer_widths else 0} wide; the loaded one has {len(unet.attn2_widths)} "
@@ -112,14 +128,29 @@ def _check_flux(info: AdapterInfo, unet: UNetSignature, model_name: str) -> None
 
 
 def check_encoder(
-    info: AdapterInfo, spec: ClipVisionSpec, model_name: str = "the adapter", encoder_name: str = "the encoder"
+    info: AdapterInfo, spec: EncoderSpec, model_name: str = "the adapter", encoder_name: str = "the encoder"
 ) -> None:
     """Raise :class:`IncompatibleModelError` when the encoder cannot feed the projection."""
     req = info.encoder
     if not req.needs_clip:
         return
     have_desc = spec.describe()
-    if req.output is EncoderOutput.IMAGE_EMBEDS:
+    if req.family != spec.family:
+        kind = "a SigLIP" if spec.family == "siglip" else "a CLIP"
+        raise IncompatibleModelError(
+            f"{model_name} ({info.describe()}) cannot use '{encoder_name}': it is {kind} encoder ({have_desc}), and "
+            f"this model needs {req.describe()}. Choose {req.describe()} as the encoder, or 'auto'."
+        )
+    if spec.family == "siglip":
+        if req.output is EncoderOutput.IMAGE_EMBEDS and not getattr(spec, "pooled", False):
+            raise IncompatibleModelError(
+                f"{model_name} needs SigLIP's pooled output, but '{encoder_name}' ({have_desc}) has no pooling head "
+                f"(head.* tensors). Use the complete {req.describe()} file."
+            )
+        if spec.hidden_size == req.width:
+            return
+        have = f"{spec.hidden_size}-wide outputs"
+    elif req.output is EncoderOutput.IMAGE_EMBEDS:
         if spec.projection_dim is None:
             raise IncompatibleModelError(
                 f"{model_name} needs image embeds, but '{encoder_name}' ({have_desc}) has no visual_projection "
@@ -138,7 +169,7 @@ def check_encoder(
     )
 
 
-def compatible_encoders(info: AdapterInfo, specs: Sequence[tuple[str, ClipVisionSpec]]) -> list[str]:
+def compatible_encoders(info: AdapterInfo, specs: Sequence[tuple[str, EncoderSpec]]) -> list[str]:
     """Names of the encoders (from ``(name, spec)`` pairs) that fit ``info``, for 'auto' and hints."""
     fits = []
     for name, spec in specs:

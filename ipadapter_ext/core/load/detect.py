@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..errors import ModelFileError
-from .detect_flux import is_flux_layout, read_flux_layout
+from .detect_flux import (
+    is_flux_layout,
+    is_instantx_layout,
+    is_redux_layout,
+    read_flux_layout,
+    read_instantx_layout,
+    read_redux_layout,
+)
 from .formats import Shape, guess_content, normalise_shapes
 
 
@@ -29,6 +36,8 @@ class ProjectionKind(str, Enum):
     FACEID = "faceid"  # FaceID MLP on a face embedding (LoRA-trained)
     FACEID_PLUS = "faceid_plus"  # FaceID MLP + perceiver over CLIP hidden states
     PORTRAIT = "portrait"  # FaceID MLP without LoRA, several faces concatenated
+    MLP = "mlp"  # InstantX Flux: Linear, GELU, Linear to T tokens, LayerNorm, on SigLIP's pooled output
+    REDUX = "redux"  # Flux Redux: up, SiLU, down, per SigLIP patch token (context tokens, no attention patch)
 
 
 class EncoderOutput(str, Enum):
@@ -38,11 +47,14 @@ class EncoderOutput(str, Enum):
     PENULTIMATE = "penultimate"  # hidden_states[-2], no post_layernorm
     FACE = "face"  # insightface embedding only
     FACE_AND_PENULTIMATE = "face+penultimate"  # FaceID-Plus
+    LAST_HIDDEN = "last_hidden"  # SigLIP's last hidden state, after its final LayerNorm (Redux)
 
 
 #: Known CLIP vision encoders by hidden width and by projection width.
 KNOWN_HIDDEN = {1280: "ViT-H/14", 1664: "ViT-bigG/14", 1024: "ViT-L/14"}
 KNOWN_PROJECTION = {1024: "ViT-H/14", 1280: "ViT-bigG/14", 768: "ViT-L/14"}
+#: Known SigLIP vision towers by width (pooled output and hidden states are as wide).
+KNOWN_SIGLIP = {1152: "so400m"}
 #: Known UNet families by cross-attention context width.
 KNOWN_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
 #: Cross-attention layer counts of the two topologies adapters are published for.
@@ -63,9 +75,11 @@ VARIANTS: dict[str, tuple[str, ProjectionKind]] = {
     "faceid-plusv2": ("IP-Adapter FaceID Plus v2", ProjectionKind.FACEID_PLUS),
     "portrait": ("IP-Adapter FaceID Portrait", ProjectionKind.PORTRAIT),
     "xlabs-flux": ("XLabs Flux IP-Adapter", ProjectionKind.IMAGE),
+    "instantx-flux": ("InstantX Flux IP-Adapter", ProjectionKind.MLP),
+    "flux-redux": ("Flux Redux", ProjectionKind.REDUX),
 }
 #: Variants for the Flux transformer (arch "flux"); every other variant is for SD UNets.
-FLUX_VARIANTS = frozenset({"xlabs-flux"})
+FLUX_VARIANTS = frozenset({"xlabs-flux", "instantx-flux", "flux-redux"})
 
 #: File-name hints, consulted only among variants whose tensors are identical.
 _NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
@@ -95,9 +109,11 @@ class EncoderRequirement:
     output: EncoderOutput
     width: int  # image_embeds width, hidden width, or face embedding width
     clip_hidden: int | None = None  # for FaceID-Plus: width of the CLIP hidden states
+    family: str = "clip"  # the image encoder's kind: "clip" or "siglip"
 
     @property
     def needs_clip(self) -> bool:
+        """An image encoder (CLIP or SigLIP) is needed; only FaceID's face embedding is not one."""
         return self.output is not EncoderOutput.FACE
 
     @property
@@ -107,7 +123,10 @@ class EncoderRequirement:
 
     @property
     def clip_name(self) -> str | None:
-        """Known encoder name (e.g. ``ViT-H/14``) or ``None`` for unknown widths."""
+        """Known encoder name (e.g. ``ViT-H/14``, ``SigLIP so400m``) or ``None`` for unknown widths."""
+        if self.family == "siglip":
+            known = KNOWN_SIGLIP.get(self.width)
+            return f"SigLIP {known}" if known else None
         if self.output is EncoderOutput.IMAGE_EMBEDS:
             return KNOWN_PROJECTION.get(self.width)
         if self.output is EncoderOutput.FACE:
@@ -117,6 +136,8 @@ class EncoderRequirement:
     def describe(self) -> str:
         if self.output is EncoderOutput.FACE:
             return "a face embedding (insightface)"
+        if self.family == "siglip":
+            return self.clip_name or f"a SigLIP vision encoder {self.width} wide"
         name = self.clip_name
         if name:
             clip = f"CLIP {name}"
@@ -170,6 +191,8 @@ class AdapterInfo:
         return self.variant == "faceid-plusv2"
 
     def tokens_text(self) -> str:
+        if self.kind is ProjectionKind.REDUX:
+            return "one context token per SigLIP patch"
         if self.tokens is not None:
             return f"{self.tokens} tokens"
         return "one token per encoder patch"
@@ -308,11 +331,45 @@ def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
     return _DEFAULT_VARIANT[kind]
 
 
-def _flux_info(shapes: Mapping[str, Shape], filename: str, override: str | None) -> AdapterInfo:
-    if override and override.strip().lower() not in FLUX_VARIANTS:
+def _flux_variant(shapes: Mapping[str, Shape]) -> str | None:
+    if is_redux_layout(shapes):
+        return "flux-redux"
+    if is_flux_layout(shapes):
+        return "xlabs-flux"
+    if is_instantx_layout(shapes):
+        return "instantx-flux"
+    return None
+
+
+def _flux_info(shapes: Mapping[str, Shape], variant: str, filename: str, override: str | None) -> AdapterInfo:
+    if override and override.strip().lower() != variant:
         raise ModelFileError(
-            f"{filename}: the tensors are an XLabs Flux IP-Adapter, so it cannot be '{override}'. "
-            f"Variants that fit this file: {sorted(FLUX_VARIANTS)}."
+            f"{filename}: the tensors are a {VARIANTS[variant][0]}, so it cannot be '{override}'. "
+            f"Variants that fit this file: ['{variant}']."
+        )
+    if variant == "instantx-flux":
+        ix = read_instantx_layout(shapes, filename)
+        return AdapterInfo(
+            variant=variant,
+            kind=ProjectionKind.MLP,
+            context_dim=ix.context_dim,
+            layer_widths=(ix.hidden,) * ix.blocks,
+            tokens=ix.tokens,
+            encoder=EncoderRequirement(EncoderOutput.IMAGE_EMBEDS, ix.embed_dim, family="siglip"),
+            params={"in_dim": ix.embed_dim, "hidden": ix.mlp_hidden, "tokens": ix.tokens},
+            arch="flux",
+        )
+    if variant == "flux-redux":
+        rx = read_redux_layout(shapes, filename)
+        return AdapterInfo(
+            variant=variant,
+            kind=ProjectionKind.REDUX,
+            context_dim=rx.context_dim,
+            layer_widths=(),
+            tokens=None,
+            encoder=EncoderRequirement(EncoderOutput.LAST_HIDDEN, rx.embed_dim, family="siglip"),
+            params={"in_dim": rx.embed_dim, "hidden": rx.hidden},
+            arch="flux",
         )
     layout = read_flux_layout(shapes, filename)
     return AdapterInfo(
@@ -337,8 +394,9 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
     if not any(k.startswith("image_proj.") for k in normalised):
         raise ModelFileError(f"{filename}: not an IP-Adapter model; it looks like {guess_content(list(shapes))}.")
     shapes = normalised
-    if is_flux_layout(shapes):
-        return _flux_info(shapes, filename, override)
+    flux = _flux_variant(shapes)
+    if flux is not None:
+        return _flux_info(shapes, flux, filename, override)
     ctx, widths = _layers(shapes, filename)
     kind, params, has_lora = _classify(shapes, ctx, filename)
     if kind is ProjectionKind.RESAMPLER and params["out_dim"] != ctx:

@@ -9,7 +9,8 @@ XLabs' Flux adapters use their own names: ``ip_adapter_proj_model.*`` for the pr
 ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}`` per double block.
 They are renamed to the layout diffusers converts them to (``image_proj.*`` and
 ``ip_adapter.N.to_{k,v}_ip.{weight,bias}``, N counting double blocks from 0), so detection and
-loading see one layout for all three spellings.
+loading see one layout for all three spellings. Flux Redux files (``redux_up.*``/``redux_down.*``,
+no per-layer part) are read as an ``image_proj`` alone.
 
 Pickles are only ever read by torch's weights-only unpickler: a model file downloaded from the
 internet must not be able to run code. It is called as ``torch.serialization.load``, not through
@@ -46,6 +47,8 @@ ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
 IMAGE_PROJ_PREFIX = "image_proj."
 #: XLabs' Flux projection prefix, an alias of ``image_proj.``.
 XLABS_PROJ_PREFIX = "ip_adapter_proj_model."
+#: Flux Redux's two Linear layers: the whole model is its projection.
+REDUX_PREFIXES = ("redux_up.", "redux_down.")
 _XLABS_KV = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 
 Shape = tuple[int, ...]
@@ -217,6 +220,9 @@ def split_adapter(flat: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
         if key.startswith(XLABS_PROJ_PREFIX):
             image_proj[key[len(XLABS_PROJ_PREFIX) :]] = value
             continue
+        if key.startswith(REDUX_PREFIXES):
+            image_proj[key] = value
+            continue
         if m := _XLABS_KV.match(key):
             ip_adapter[f"{m.group(1)}.to_{m.group(2)}_ip.{m.group(3)}"] = value
             continue
@@ -241,7 +247,8 @@ def load_adapter_tensors(path: str | Path) -> AdapterTensors:
     path = Path(path)
     flat = read_flat_tensors(path)
     image_proj, ip_adapter = split_adapter(flat)
-    if not image_proj or not ip_adapter:
+    redux = any(k.startswith(REDUX_PREFIXES) for k in image_proj)
+    if not image_proj or not (ip_adapter or redux):
         missing = "image_proj" if not image_proj else "ip_adapter"
         raise ModelFileError(
             f"{path.name}: not an IP-Adapter model: it has no '{missing}' tensors; "

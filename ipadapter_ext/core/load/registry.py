@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ..encode.encoder import ClipVisionSpec, infer_clip_spec
+from ..encode.encoder import ClipVisionSpec, EncoderSpec, SiglipVisionSpec, infer_encoder_spec
 from ..errors import IPAdapterError
 from .compat import compatible_encoders
 from .detect import AdapterInfo, detect_adapter
@@ -31,6 +31,7 @@ ENCODER_FILE_HINTS = {
     "ViT-H/14": "clip_vision_h.safetensors",
     "ViT-bigG/14": "clip_vision_g.safetensors",
     "ViT-L/14": "clip_vision_l.safetensors",
+    "SigLIP so400m": "google/siglip-so400m-patch14-384's model.safetensors (e.g. as siglip-so400m-patch14-384.safetensors)",
 }
 _MAX_LISTED_NAMES = 40
 
@@ -58,11 +59,12 @@ class AdapterEntry:
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    """One CLIP vision file: ``spec`` when its shapes were understood, else ``error``."""
+    """One image encoder file (CLIP vision or SigLIP): ``spec`` when its shapes were understood,
+    else ``error``."""
 
     name: str
     path: Path
-    spec: ClipVisionSpec | None
+    spec: EncoderSpec | None
     error: str | None
 
     @property
@@ -147,8 +149,8 @@ def _detect_adapter(real: Path) -> AdapterInfo:
     return detect_adapter(read_shapes(real), real.name)
 
 
-def _detect_encoder(real: Path) -> ClipVisionSpec:
-    return infer_clip_spec(read_shapes(real), real.name)
+def _detect_encoder(real: Path) -> EncoderSpec:
+    return infer_encoder_spec(read_shapes(real), real.name)
 
 
 def _sorted(entries: list) -> list:
@@ -192,7 +194,7 @@ class ModelRegistry:
             self._cache.popitem(last=False)
         return result
 
-    def _scan(self, kind: str, detect: Callable[[Path], object], want: type) -> list[tuple]:
+    def _scan(self, kind: str, detect: Callable[[Path], object], want: type | tuple[type, ...]) -> list[tuple]:
         """(display name, resolved path, result or None, error or None) per listed file."""
         dirs = self.adapter_dirs if kind == "adapter" else self.encoder_dirs
         found = [_Found(root, path, real) for root in dirs for path, real in _walk(root)]
@@ -223,7 +225,9 @@ class ModelRegistry:
         """Re-scan every folder; unchanged files are answered from the cache."""
         with self._lock:
             adapters = [AdapterEntry(*row) for row in self._scan("adapter", _detect_adapter, AdapterInfo)]
-            encoders = [EncoderEntry(*row) for row in self._scan("encoder", _detect_encoder, ClipVisionSpec)]
+            encoders = [
+                EncoderEntry(*row) for row in self._scan("encoder", _detect_encoder, (ClipVisionSpec, SiglipVisionSpec))
+            ]
             self._adapters = {e.name: e for e in _sorted(adapters)}
             self._encoders = {e.name: e for e in _sorted(encoders)}
             self._scanned = True
@@ -273,7 +277,12 @@ class ModelRegistry:
         fits = compatible_encoders(entry.info, specs)
         if not fits:
             dirs = ", ".join(str(d) for d in self.encoder_dirs) or "the CLIP vision folder"
-            hint = ENCODER_FILE_HINTS.get(req.clip_name or "", "a matching CLIP vision .safetensors file")
+            default = (
+                "a matching SigLIP .safetensors file"
+                if req.family == "siglip"
+                else "a matching CLIP vision .safetensors file"
+            )
+            hint = ENCODER_FILE_HINTS.get(req.clip_name or "", default)
             raise IPAdapterError(
                 f"'{entry.name}' needs {req.describe()}; no fitting encoder in {dirs}. Put e.g. {hint} there."
             )

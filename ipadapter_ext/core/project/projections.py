@@ -23,9 +23,10 @@ from ..load.detect import AdapterInfo, EncoderOutput, ProjectionKind
 class EncodedImages:
     """Encoder outputs for N reference images; fields the adapter does not need stay ``None``."""
 
-    image_embeds: torch.Tensor | None = None  # [N, D] projected CLS embedding
+    image_embeds: torch.Tensor | None = None  # [N, D] projected CLS embedding (SigLIP: its pooled output)
     hidden: torch.Tensor | None = None  # [N, S, H] penultimate hidden states
     face: torch.Tensor | None = None  # [N, 512] face embedding
+    last_hidden: torch.Tensor | None = None  # [N, S, H] SigLIP's last hidden state (after its final norm)
 
     def require(self, name: str) -> torch.Tensor:
         value = getattr(self, name)
@@ -184,6 +185,33 @@ class FaceIDPlusProjModel(FaceIDProjModel):
         return x + shortcut_scale * out if self.shortcut else out
 
 
+class MLPProjModel(Projection):
+    """InstantX's Flux adapter: SigLIP's pooled output through Linear, GELU, Linear to T tokens,
+    then LayerNorm over each token (names as its ``image_proj``: ``proj.0``, ``proj.2``, ``norm``)."""
+
+    def __init__(self, in_dim: int, hidden: int, ctx: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens, self.ctx = tokens, ctx
+        self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, ctx * tokens))
+        self.norm = nn.LayerNorm(ctx)
+
+    def forward(self, enc: EncodedImages, shortcut_scale: float = 1.0) -> torch.Tensor:
+        return self.norm(self.proj(enc.require("image_embeds")).reshape(-1, self.tokens, self.ctx))
+
+
+class ReduxProjection(Projection):
+    """Flux Redux: ``redux_down(silu(redux_up(x)))`` on every token of SigLIP's last hidden state
+    (diffusers' ``ReduxImageEncoder``), giving context tokens as wide as T5's."""
+
+    def __init__(self, in_dim: int, hidden: int, ctx: int) -> None:
+        super().__init__()
+        self.redux_up = nn.Linear(in_dim, hidden)
+        self.redux_down = nn.Linear(hidden, ctx)
+
+    def forward(self, enc: EncodedImages, shortcut_scale: float = 1.0) -> torch.Tensor:
+        return self.redux_down(F.silu(self.redux_up(enc.require("last_hidden"))))
+
+
 _PERCEIVER_KEYS = ("in_dim", "dim", "out_dim", "depth", "heads", "dim_head", "ff_inner")
 
 
@@ -204,6 +232,10 @@ def create_projection(info: AdapterInfo) -> Projection:
         if info.encoder.output is EncoderOutput.FACE:
             module.input_field = "face"
         return module
+    if kind is ProjectionKind.MLP:
+        return MLPProjModel(p["in_dim"], p["hidden"], ctx, p["tokens"])
+    if kind is ProjectionKind.REDUX:
+        return ReduxProjection(p["in_dim"], p["hidden"], ctx)
     if kind is ProjectionKind.FACEID_PLUS:
         return FaceIDPlusProjModel(p["id_dim"], p["id_hidden"], ctx, p["tokens"], info.shortcut, **_perceiver_args(p))
     return FaceIDProjModel(p["id_dim"], p["id_hidden"], ctx, p["tokens"])

@@ -19,8 +19,9 @@ Lifetime, per generation:
   memory management's hands), and the FaceID LoRA moves to its UNet; otherwise the units stop
   there, with a console line.
 * A unit that cannot apply raises when sampling starts (HTTP 422 for the API), as on A1111.
-* Flux (XLabs adapters): the same, with object patches on the double blocks and a unet function
-  wrapper instead of attn2 patches (``flux.py``).
+* Flux (XLabs and InstantX adapters, Redux): the same, with object patches on the blocks and a
+  unet function wrapper instead of attn2 patches (``flux.py``, ``flux_context.py``). The pass's
+  patches go inert when it ends, so leftovers on the model never act for another request.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...ui.infotext import KEY
 from ..common import (
     StateBase,
     append_faces,
@@ -44,6 +46,7 @@ from ..models import engine
 from ..unet import attn2_slots, is_flux, model_signature
 from . import flux as forge_flux
 from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
+from .flux_context import ContextUnits, attention_namespace
 from .placement import current_placement, forge_placement
 
 BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's patch class
@@ -55,12 +58,19 @@ class ForgeState(StateBase):
     #: The patched clone this pass samples with; ``None`` outside a pass or once the units stopped
     #: (a refiner they do not fit). Another patcher on the model means a refiner switch.
     patched: Any = None
+    flux_run: forge_flux.FluxRun | None = None
 
     def end_pass(self, p: Any) -> None:
         self.patched = None
         if self.job is not None:
             self.job.detach_loras()
+        self.close_flux_run()
         self.keep_maps(p)
+
+    def close_flux_run(self) -> None:
+        if self.flux_run is not None:
+            self.flux_run.close()
+            self.flux_run = None
 
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
@@ -87,7 +97,16 @@ class ForgeState(StateBase):
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
         if is_flux(patcher.model.diffusion_model):
-            sd_model.forge_objects.unet = self.patched = forge_flux.patched_clone(patcher, run)
+            self.close_flux_run()  # an earlier pass's patches, if still on the model, stay inert
+            context = None
+            if self.job.context:
+                ranges = _sigma_ranges(patcher, self.job.context)
+                context_run = ForgeRun(self.job.context, ranges, self.clock)  # type: ignore[arg-type]
+                context = ContextUnits(
+                    self.job.context, context_run, attention_namespace(patcher.model.diffusion_model)
+                )
+            clone, self.flux_run = forge_flux.patched_clone(patcher, run, context)
+            sd_model.forge_objects.unet = self.patched = clone
             return
         clone = patcher.clone()
         register_patches(clone, run)
@@ -184,6 +203,18 @@ def before_sampling(p: Any) -> None:
         return
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
     state.check_double_lora(p)
+    note_context_tokens(p, state)
+
+
+def note_context_tokens(p: Any, state: ForgeState) -> None:
+    """Redux units: the infotext says how many context tokens each added."""
+    if state.job is None:
+        return
+    for unit in state.job.context:
+        key = KEY.format(unit.number)
+        text = p.extra_generation_params.get(key)
+        if isinstance(text, str) and "context_tokens:" not in text:
+            p.extra_generation_params[key] = f"{text}, context_tokens: {unit.num_tokens}"
 
 
 def on_cfg_denoiser(params: Any) -> None:
@@ -202,6 +233,8 @@ def on_cfg_denoiser(params: Any) -> None:
 
 def postprocess(p: Any, processed: Any = None) -> None:
     state: ForgeState | None = get_state(p)
+    if state is not None:
+        state.close_flux_run()
     if state is not None and state.job is not None:
         state.job.detach_loras()
     if state is not None and processed is not None:

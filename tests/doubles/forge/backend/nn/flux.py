@@ -15,7 +15,9 @@ behaviour and module names (own implementation, no Forge code):
   tanh-GELU. Single block: ``linear1`` → qkv + MLP, ``linear2`` over [attn, gelu(mlp)].
 * RoPE: per axis, angles pos·θ^(−2i/dim) in float64, as 2×2 rotation matrices over interleaved
   pairs; timestep embedding: 1000·t, [cos, sin], max period 10000.
-* Attention: ``backend.attention.attention_function(q, k, v, heads, skip_reshape=True)``.
+* Attention: ``backend.attention.attention_function(q, k, v, heads, skip_reshape=True)``, imported
+  into this module's namespace at import time (``from backend.attention import attention_function``)
+  and looked up there by ``attention`` on each call, as in Forge.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import math
 import torch
 from torch import nn
 
+from backend.attention import attention_function
+
 
 def attention(q, k, v, pe):
-    from backend.attention import attention_function
-
     q, k = apply_rope(q, k, pe)
     return attention_function(q, k, v, q.shape[1], skip_reshape=True)
 
