@@ -100,7 +100,7 @@ class Placement:
 
 
 @contextmanager
-def running_on(place: Placement, adapter: IPAdapterModel, encoder: ClipVisionEncoder | None) -> Iterator[None]:
+def running_on(place: Placement, adapter: IPAdapterModel, encoder: ImageEncoder | None) -> Iterator[None]:
     """Encode and project on ``place.device``; with ``offload_encoder`` the encoder and the
     projection are back on the CPU afterwards, whatever happened, so nothing of ours stays in
     accelerator memory the host does not know about. The encoder goes to the device only when an

@@ -172,6 +172,8 @@ class SiglipVisionEncoder:
         #: Distinguishes encoders in embedding-cache keys; the file path, size and mtime when loaded from disk.
         self.identity = identity or f"{name}@{id(model):x}"
         self._black: EncodedImages | None = None
+        #: Where :meth:`encode` runs (the model moves there on first use); ``None``: where it is.
+        self.run_on: torch.device | None = None
 
     @classmethod
     def from_file(
@@ -205,6 +207,8 @@ class SiglipVisionEncoder:
             raise EncoderError(
                 f"encoder '{self.name}' takes pixels of shape {expected}, got {tuple(pixels.shape[1:])}."
             )
+        if self.run_on is not None and self.device != torch.device(self.run_on):
+            self.model.to(self.run_on)
         out = self.model(pixel_values=pixels.to(self.device, self.dtype))
         return EncodedImages(image_embeds=out.pooler_output, last_hidden=out.last_hidden_state)
 
