@@ -39,10 +39,18 @@ def controlnet_dirs() -> list[Path]:
 
 
 def face_roots() -> list[Path]:
-    """Where ControlNet downloads insightface's packs (``annotator/downloads/insightface/models/<pack>``)."""
-    return [
-        root / "annotator" / "downloads" for root in controlnet_dirs() if (root / "annotator" / "downloads").is_dir()
-    ]
+    """Where ControlNet downloads insightface's packs (``<folder>/insightface/models/<pack>``): its
+    preprocessor model folder as configured (setting or flag), and ``annotator/downloads``."""
+    from .face_preprocessors import annotator_models_path
+
+    roots = controlnet_dirs()
+    found = [annotator_models_path(roots)]
+    found += [root / "annotator" / "downloads" for root in roots]
+    out: list[Path] = []
+    for folder in found:
+        if folder is not None and folder.is_dir() and folder not in out:
+            out.append(folder)
+    return out
 
 
 def extra_model_dirs() -> tuple[list[Path], list[Path]]:

@@ -53,12 +53,15 @@ class FaceReferences:
         self.sessions = SessionCache()
         self._found: OrderedDict[tuple, FoundFace] = OrderedDict()
 
-    def analyser(self) -> FaceAnalyser:
-        return FaceAnalyser(find_pack(list(self.roots()), self.pack_name() or DEFAULT_PACK), sessions=self.sessions)
+    def analyser(self, pack: str | None = None, **kwargs) -> FaceAnalyser:
+        """An analyser for ``pack`` (default: the pack chosen in the settings), sharing the sessions."""
+        name = pack or self.pack_name() or DEFAULT_PACK
+        return FaceAnalyser(find_pack(list(self.roots()), name), sessions=self.sessions, **kwargs)
 
-    def find(self, image, where: str) -> FoundFace:
-        """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors."""
-        analyser = self.analyser()
+    def find(self, image, where: str, pack: str | None = None) -> FoundFace:
+        """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors;
+        ``pack`` overrides the chosen pack (InstantID was trained on antelopev2's embeddings)."""
+        analyser = self.analyser(pack)
         models = (analyser.pack.detector.path, analyser.pack.recognizer.path)
         key = (image_digest(image), *((str(m), m.stat().st_mtime_ns) for m in models))
         hit = self._found.get(key)
@@ -75,10 +78,10 @@ class FaceReferences:
             self._found.popitem(last=False)
         return found
 
-    def find_all(self, images: Sequence, where: str) -> list[FoundFace]:
+    def find_all(self, images: Sequence, where: str, pack: str | None = None) -> list[FoundFace]:
         if not images:
             raise IPAdapterError(f"{where}: no reference photo. Drop a photo of a face into the unit.")
-        return [self.find(image, f"{where}, image {i}") for i, image in enumerate(images, start=1)]
+        return [self.find(image, f"{where}, image {i}", pack) for i, image in enumerate(images, start=1)]
 
 
 def preview(image, found: FoundFace, height: int = 256) -> Image.Image:
