@@ -86,7 +86,7 @@ _FACE_RESAMPLER_VARIANTS = {"portrait-unnorm", "instantid"}
 #: A Resampler reading a face embedding is InstantID's (``InstantX/InstantID``'s ``ip-adapter.bin``,
 #: often kept under that bare name) unless the name says Portrait-unnorm: the tensors are the same.
 _FACE_RESAMPLER_HINTS = (("unnorm", "portrait-unnorm"), ("portrait", "portrait-unnorm"))
-#: Names that mark a Resampler as a face one when its input is not the usual 512 wide.
+#: Names that mark a Resampler as a face one when its input width is neither 512 nor a CLIP's.
 _FACE_RESAMPLER_NAMES = ("unnorm", "instant")
 #: The face analysis pack each face variant was trained on, where it is not the chosen one.
 FACE_PACK_BY_VARIANT = {"instantid": "antelopev2"}
@@ -371,7 +371,8 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
             f"{ctx}; this looks like a Kolors IP-Adapter, which is not supported."
         )
     face_input = kind is ProjectionKind.RESAMPLER and (
-        params["in_dim"] == FACE_EMBED_WIDTH or any(n in filename.lower() for n in _FACE_RESAMPLER_NAMES)
+        params["in_dim"] == FACE_EMBED_WIDTH
+        or (params["in_dim"] not in KNOWN_HIDDEN and any(n in filename.lower() for n in _FACE_RESAMPLER_NAMES))
     )
     variant = _variant(kind, filename, override, face_input)
     tokens: int | None = params.get("tokens")
