@@ -26,8 +26,8 @@ from ipadapter_ext.core.load.adapter import IPAdapterModel
 from ipadapter_ext.core.load.detect import EncoderOutput, ProjectionKind, detect_adapter
 from ipadapter_ext.core.load.formats import save_adapter_tensors
 from ipadapter_ext.core.project.projections import EncodedImages
-from tests.factories import SDXL_WIDTHS, adapter_shapes, adapter_tensors, image_proj_shapes, random_tensors
 from tests.face_onnx import face_image
+from tests.factories import SDXL_WIDTHS, adapter_shapes, adapter_tensors, image_proj_shapes, random_tensors
 
 #: InstantID's image_proj: Resampler(dim=1280, depth=4, dim_head=64, heads=20, num_queries=16,
 #: embedding_dim=512, output_dim=2048, ff_mult=4).
@@ -196,3 +196,27 @@ def test_faces_route_keypoints_errors(faces_client, controlnet):
     answer = faces_client.post("/ipadapter/v1/faces", json={"image": photo, "keypoints_image": True})
     assert answer.status_code == 422
     assert "antelopev2" in answer.text and "scrfd_10g_bnkps.onnx and glintr100.onnx" in answer.text
+
+
+def test_onnxruntime_is_installed_for_instantid_models(tmp_path, monkeypatch):
+    """install.py: InstantID files (ours, or ControlNet's named ``instant_id``) need onnxruntime too."""
+    from ipadapter_ext import face_setup
+
+    models = tmp_path / "models"
+    (models / "ControlNet").mkdir(parents=True)
+    (models / "ipadapter").mkdir()
+    monkeypatch.setattr(face_setup, "onnxruntime_present", lambda: False)
+    widths = (8,) * 16
+    save_adapter_tensors(
+        adapter_tensors(adapter_shapes("resampler", 16, widths, 1280, tokens=4, res_dim=32, inner=64), seed=1),
+        models / "ipadapter" / "ip-adapter-plus.safetensors",
+    )
+    assert face_setup.install_reason(models, {}) is None  # a CLIP Resampler: no face analysis
+    save_adapter_tensors(
+        adapter_tensors(instantid_shapes(16, widths, res_dim=32, inner=64), seed=2),
+        models / "ipadapter" / "ip-adapter.safetensors",
+    )
+    assert face_setup.install_reason(models, {}) == "InstantID model ip-adapter.safetensors"
+    (models / "ipadapter" / "ip-adapter.safetensors").unlink()
+    (models / "ControlNet" / "control_instant_id_sdxl.safetensors").write_bytes(b"not read")
+    assert face_setup.install_reason(models, {}) == "InstantID model control_instant_id_sdxl.safetensors"
