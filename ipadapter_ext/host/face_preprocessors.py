@@ -64,12 +64,12 @@ class FacePreprocessorService:
 
 
 def console_line(reports: list[tuple[str, ServeReport]]) -> str | None:
-    parts = [f"{host}'s {', '.join(r.served)}" for host, r in reports if r.served]
+    parts = [f"{', '.join(r.served)} ({host})" for host, r in reports if r.served]
     if not parts:
         return None
     return (
-        f"{PREFIX} insightface is not installed: serving {'; '.join(parts)} with this extension's face "
-        "analysis (onnxruntime, same outputs)."
+        f"{PREFIX} insightface is not installed: serving ControlNet's face preprocessors {'; '.join(parts)} "
+        "with this extension's face analysis (onnxruntime, same outputs)."
     )
 
 
@@ -84,8 +84,8 @@ def pack_notes(packs: set[str]) -> list[str]:
         try:
             if faces is not None:
                 find_pack(list(faces.roots()), pack)
-        except FaceAnalysisError as exc:
-            notes.append(f"{PREFIX} ⚠ {exc}")
+        except FaceAnalysisError as exc:  # the folder and files; the list of folders searched is for errors
+            notes.append(f"{PREFIX} ⚠ {str(exc).split(' Looked in:')[0]}")
     if not onnxruntime_present():
         notes.append(f"{PREFIX} ⚠ onnxruntime is not installed; run: python -m pip install onnxruntime")
     return notes

@@ -212,7 +212,7 @@ def registries(controlnet_roots: Iterable[Path]) -> list[tuple[str, Mapping[str,
         found.append(("sd-webui-controlnet", table))
     forge = forge_registry()
     if forge:
-        found.append(("Forge's ControlNet", forge))
+        found.append(("Forge built-in", forge))
     return found
 
 

@@ -95,7 +95,7 @@ def served(webui: WebUI) -> Iterator[dict]:
 
 
 def is_forge(served: dict) -> bool:
-    return "Forge's ControlNet" in served["names"]
+    return "(Forge built-in)" in served["names"]
 
 
 def detect(webui: WebUI, module: str, image: np.ndarray, res: int = 512) -> dict:
