@@ -48,7 +48,9 @@ def test_instantid_adapter_is_recognised_from_its_tensors():
     assert info.encoder.output is EncoderOutput.FACE and info.encoder.width == 512
     assert info.params["heads"] == 20 and info.params["dim_head"] == 64 and info.params["depth"] == 4
     text = info.describe()
-    assert text.startswith("InstantID (IP part) · SDXL · 16 tokens · needs a face embedding")
+    assert text.startswith(
+        "InstantID (IP part) · SDXL · 16 tokens · needs a face embedding (insightface's antelopev2 pack)"
+    )
     assert "antelopev2" in text and "IdentityNet ControlNet" in text
     # The same tensors named as cubiq's Portrait-unnorm are that model (buffalo_l, no ControlNet).
     unnorm = detect_adapter(instantid_shapes(), "ip-adapter-faceid-portrait_sdxl_unnorm.bin")
@@ -115,7 +117,8 @@ def test_an_instantid_unit_uses_antelopev2s_raw_embedding(webui, tmp_path):
     models = write_packs(tmp_path / "models")
     widths = attn2_widths(webui.unet)
     save_adapter_tensors(
-        adapter_tensors(instantid_shapes(CTX, widths, res_dim=64, inner=128), seed=9), models / "ipadapter" / "ip-adapter.bin"
+        adapter_tensors(instantid_shapes(CTX, widths, res_dim=64, inner=128), seed=9),
+        models / "ipadapter" / "ip-adapter.bin",
     )
     engine = a1111.engine()
     entry = engine.registry.adapter("ip-adapter")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .face_preprocessors import annotator_models_path
+
 CONTROLNET_EXTENSIONS = ("sd-webui-controlnet", "sd_forge_controlnet")
 #: Where sd-webui-controlnet keeps model files and its downloaded CLIP vision encoders.
 MODEL_SUBDIRS = ("models",)
@@ -41,8 +43,6 @@ def controlnet_dirs() -> list[Path]:
 def face_roots() -> list[Path]:
     """Where ControlNet downloads insightface's packs (``<folder>/insightface/models/<pack>``): its
     preprocessor model folder as configured (setting or flag), and ``annotator/downloads``."""
-    from .face_preprocessors import annotator_models_path
-
     roots = controlnet_dirs()
     found = [annotator_models_path(roots)]
     found += [root / "annotator" / "downloads" for root in roots]

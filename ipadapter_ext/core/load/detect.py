@@ -183,10 +183,11 @@ class AdapterInfo:
         'XLabs Flux IP-Adapter · 4 tokens · needs CLIP ViT-L/14' (the name already says Flux)."""
         if self.arch == "flux":
             return f"{self.name} · {self.tokens_text()} · needs {self.encoder.describe()}"
-        text = f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
+        needs = self.encoder.describe()
         pack = FACE_PACK_BY_VARIANT.get(self.variant)
         if pack:
-            text += f" ({pack} pack)"
+            needs = needs.replace("(insightface)", f"(insightface's {pack} pack)")
+        text = f"{self.name} · {self.family} · {self.tokens_text()} · needs {needs}"
         if self.variant == "instantid":
             text += (
                 " · acts fully only with the InstantID IdentityNet ControlNet beside it (ControlNet's two-unit "
