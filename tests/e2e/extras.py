@@ -7,7 +7,11 @@ the server starts (so its first scan lists them), and removed with the rest afte
   environment's torch, so the file carries the ``.format_version`` entry current torch writes (and
   A1111's 2023 allow-list in ``modules/safe.py`` would call "malicious"); see test_webui_files.py;
 * the tiny SDXL of :mod:`tests.e2e.sdxl` (``WEBUI_E2E_SDXL``; on by default for A1111); see
-  test_webui_sdxl.py.
+  test_webui_sdxl.py;
+* on Forge, an InstantID-shaped IP-Adapter in ``models/ControlNet`` for
+  test_webui_face_preprocessors.py: Forge's ControlNet lists its models once, at start, and builds
+  InstantID's Resampler at its full size (1280 wide, 20 heads), so only a file of that size loads
+  (about 160 MB in fp16; SD checkpoints only).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from . import sdxl
 from .webui import ADAPTER_FILE
 
 BIN_TWIN_FILE = "e2e-tiny-plus-twin.bin"
+FORGE_INSTANTID_FILE = "e2e-tiny-instant_id.safetensors"
 
 
 @dataclass
@@ -52,4 +57,29 @@ def write_extra_models(root: Path, python: str, created: list[Path]) -> ExtraMod
     write, extras.sdxl_skipped = sdxl.wanted(root)
     if write:
         extras.sdxl = sdxl.write_tiny_sdxl(root, python, created)
+    if (root / "modules_forge").is_dir():
+        write_forge_instantid(root, created)
     return extras
+
+
+def write_forge_instantid(root: Path, created: list[Path]) -> Path | None:
+    """The InstantID-shaped adapter (see the module docstring), sized to the checkpoint's layers."""
+    from ipadapter_ext.core.load.formats import save_adapter_tensors
+    from tests.factories import adapter_shapes, adapter_tensors
+
+    from .webui import checkpoint_attn2, find_checkpoint, is_flux_checkpoint
+
+    checkpoint = find_checkpoint(root)
+    if is_flux_checkpoint(checkpoint):
+        return None
+    ctx, widths = checkpoint_attn2(checkpoint)
+    shapes = adapter_shapes("resampler", ctx, widths, 512, tokens=16, res_dim=1280, inner=1280)
+    tensors = adapter_tensors(shapes, seed=32)
+    tensors.image_proj.update({k: v.half() for k, v in tensors.image_proj.items()})
+    path = root / "models" / "ControlNet" / FORGE_INSTANTID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.safetensors")
+    save_adapter_tensors(tensors, tmp)
+    os.replace(tmp, path)
+    created.append(path)
+    return path
