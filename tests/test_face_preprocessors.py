@@ -221,3 +221,22 @@ def test_packs_in_controlnets_own_download_folder_are_found(service, controlnet,
         webui_start()
         out = controlnet.get("instant_id_face_embedding")(image, resolution=512)
     assert out.shape == (512,)
+
+
+def test_an_unreadable_registry_entry_does_not_stop_serving(service, controlnet):
+    """Other extensions register preprocessors in the same table; one that raises when read is
+    skipped, the rest are served."""
+    from ipadapter_ext.host.face_preprocessors import _SERVICE
+
+    with insightface_missing():
+        controlnet.load()
+
+        class Odd(controlnet.registry):
+            @property
+            def call_function(self):
+                raise RuntimeError("not loaded yet")
+
+        controlnet.registry.add_supported_preprocessor(Odd("odd_face_thing"))
+        ((_host, report),) = _SERVICE.refresh()
+    assert "odd_face_thing" not in report.served + report.kept
+    assert {"instant_id_face_embedding", "ip-adapter_face_id"} <= set(report.served)

@@ -117,6 +117,29 @@ class ServeReport:
     kept: list[str] = field(default_factory=list)
 
 
+def _serve_one(name: str, pre: Any, app_for: Callable[[str], Any], face_align: Any, is_ours) -> tuple[bool, set]:
+    """(served, packs) for one registry entry; (False, ∅) for an entry without insightface."""
+    holders = holders_of(getattr(pre, "call_function", None))
+    if holders:
+        for holder in holders:
+            if holder.model is None:
+                holder.model = app_for(holder.face_analysis_model_name)
+                if hasattr(holder, "antelopev2_installed"):
+                    holder.antelopev2_installed = True  # their downloader would fetch what we find
+        mine = all(is_ours(h.model) for h in holders)
+        return mine, {h.face_analysis_model_name for h in holders if is_ours(h.model)}
+    if hasattr(pre, "cached_insightface") and callable(getattr(pre, "load_insightface", None)):
+        pack = loader_pack(name, pre)
+        if pre.cached_insightface is None:
+            pre.cached_insightface = app_for(pack)
+        module = face_align_module(pre)
+        if module is not None and getattr(module, FACE_ALIGN_GLOBAL) is None:
+            setattr(module, FACE_ALIGN_GLOBAL, face_align)
+        mine = is_ours(pre.cached_insightface)
+        return mine, {pack} if mine else set()
+    raise LookupError  # not an insightface user
+
+
 def serve(
     registry: Mapping[str, Any],
     app_for: Callable[[str], Any],
@@ -124,36 +147,19 @@ def serve(
     is_ours: Callable[[Any], bool],
 ) -> ServeReport:
     """Fill the empty insightface slots of ``registry`` (name → preprocessor) with
-    ``app_for(pack)`` and ``face_align``; idempotent (slots already ours count as served)."""
+    ``app_for(pack)`` and ``face_align``; idempotent (slots already ours count as served). An
+    entry that cannot be read is skipped: other extensions register preprocessors here too."""
     report = ServeReport()
     for name, pre in list(registry.items()):
-        holders = holders_of(getattr(pre, "call_function", None))
-        if holders:
-            mine = True
-            for holder in holders:
-                if holder.model is None:
-                    holder.model = app_for(holder.face_analysis_model_name)
-                    if hasattr(holder, "antelopev2_installed"):
-                        holder.antelopev2_installed = True  # their downloader would fetch what we find
-                mine = mine and is_ours(holder.model)
-                if is_ours(holder.model):
-                    report.packs.add(holder.face_analysis_model_name)
-            (report.served if mine else report.kept).append(name)
-        elif hasattr(pre, "cached_insightface") and callable(getattr(pre, "load_insightface", None)):
-            pack = loader_pack(name, pre)
-            if pre.cached_insightface is None:
-                pre.cached_insightface = app_for(pack)
-            module = face_align_module(pre)
-            if module is not None and getattr(module, FACE_ALIGN_GLOBAL) is None:
-                setattr(module, FACE_ALIGN_GLOBAL, face_align)
-            if is_ours(pre.cached_insightface):
-                report.served.append(name)
-                report.packs.add(pack)
-            else:
-                report.kept.append(name)
+        try:
+            mine, packs = _serve_one(name, pre, app_for, face_align, is_ours)
+        except Exception:  # LookupError: no insightface in it; anything else: not ours to judge
+            continue
+        (report.served if mine else report.kept).append(name)
+        report.packs |= packs
     for name, pre in registry.items():  # PuLID: its face embedding is a served preprocessor's
         deps = getattr(pre, "preprocessor_deps", None) or ()
-        if name not in report.served and any(d in report.served for d in deps):
+        if name not in report.served and isinstance(deps, (list, tuple)) and any(d in report.served for d in deps):
             report.served.append(name)
     return report
 
