@@ -69,14 +69,52 @@ def faceid_models(folders: Iterable[Path]) -> list[Path]:
     return found
 
 
+def instantid_models(folders: Iterable[Path]) -> list[Path]:
+    """InstantID files: named so (sd-webui-controlnet recognises its InstantID models by
+    ``instant_id`` in the name), or a safetensors Resampler reading a 512-wide face embedding."""
+    import json
+    import struct
+
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            suffix, stem = path.suffix.lower(), path.stem.lower().replace("-", "_")
+            if suffix not in (".safetensors", ".bin", ".pth"):
+                continue
+            if "instant_id" in stem or "instantid" in stem:
+                found.append(path)
+                continue
+            if suffix != ".safetensors":
+                continue
+            try:
+                with path.open("rb") as f:
+                    (size,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(size))
+            except Exception:  # unreadable: the model list reports it
+                continue
+            proj_in = header.get("image_proj.proj_in.weight", {}).get("shape")
+            if "image_proj.latents" in header and proj_in is not None and proj_in[-1] == 512:
+                found.append(path)
+    return found
+
+
 def install_reason(models: Path, environ: dict) -> str | None:
-    """Why onnxruntime should be installed now (``None``: it should not, or it is there)."""
+    """Why onnxruntime should be installed now (``None``: it should not, or it is there).
+
+    FaceID and InstantID models need it: in our units, and in ControlNet's face preprocessors,
+    which this extension serves when insightface is missing."""
     if onnxruntime_present():
         return None
     if environ.get("IPADAPTER_FACEID") == "1":
         return "IPADAPTER_FACEID=1"
-    found = faceid_models([models / "ipadapter", models / "ControlNet"])
-    return f"FaceID model {found[0].name}" if found else None
+    folders = [models / "ipadapter", models / "ControlNet"]
+    found = faceid_models(folders)
+    if found:
+        return f"FaceID model {found[0].name}"
+    found = instantid_models(folders)
+    return f"InstantID model {found[0].name}" if found else None
 
 
 def install_onnxruntime() -> int:

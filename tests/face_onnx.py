@@ -13,6 +13,14 @@ local contrast, so decoded values are not grid-aligned constants.
 
 The recogniser has w600k_r50.onnx's interface (input [N, 3, 112, 112] → [1, 512]): an average
 pool and a fixed random projection, so every pixel of the aligned crop moves the embedding.
+
+``write_antelope_pack`` writes the same behaviour with the I/O of insightface's ``antelopev2`` pack
+(InstantID's), as insightface reports it when loading the real files: ``scrfd_10g_bnkps.onnx``
+with input ``input.1`` [1, 3, ?, ?] and nine outputs declared at their 640 × 640 sizes without a
+batch axis ([12800, 1] … [800, 10]: the exporter fixed them, so any other size runs with
+onnxruntime's shape warnings, as the real model does), ``glintr100.onnx`` with input
+[None, 3, 112, 112] → [1, 512] (a PyTorch export: raw pixels normalised outside, mean and std
+127.5), and stand-ins for the landmark and gender/age models that must be skipped.
 """
 
 from __future__ import annotations
@@ -43,8 +51,18 @@ def _const(name: str, value) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 
-def scrfd_model(batched: bool = False, landmarks: bool = True) -> onnx.ModelProto:
-    """The tiny detector (see the module docstring); without ``landmarks`` it has six outputs."""
+#: scrfd_10g_bnkps.onnx's output names: scores, then boxes, then landmarks, each for strides 8, 16, 32.
+ANTELOPE_DETECTOR_OUTPUTS = ("448", "471", "494", "451", "474", "497", "454", "477", "500")
+
+
+def scrfd_model(
+    batched: bool = False, landmarks: bool = True, output_names=None, fixed_rows: bool = False
+) -> onnx.ModelProto:
+    """The tiny detector (see the module docstring); without ``landmarks`` it has six outputs.
+
+    ``output_names`` renames the outputs (in order); ``fixed_rows`` declares each output's row
+    count at a 640 × 640 input instead of a free ``N``.
+    """
     nodes, inits = (
         [],
         [
@@ -112,13 +130,20 @@ def scrfd_model(batched: bool = False, landmarks: bool = True) -> onnx.ModelProt
     lead = [1] if batched else []
     outputs = []
     for kind, width in (("score", 1), ("bbox", 4), ("kps", 10))[: 3 if landmarks else 2]:
-        for name in outs[kind]:
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [*lead, "N", width]))
+        for s, name in zip(STRIDES, outs[kind], strict=True):
+            rows = (640 // s) ** 2 * 2 if fixed_rows else "N"
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [*lead, rows, width]))
+    if output_names is not None:
+        renames = dict(zip([o.name for o in outputs], output_names, strict=True))
+        for node in nodes:
+            node.output[:] = [renames.get(n, n) for n in node.output]
+        for out in outputs:
+            out.name = renames[out.name]
     inputs = [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "H", "W"])]
     return _model(nodes, inputs, outputs, inits)
 
 
-def arcface_model(mxnet_style: bool = False, seed: int = 0) -> onnx.ModelProto:
+def arcface_model(mxnet_style: bool = False, seed: int = 0, output_name: str = "683") -> onnx.ModelProto:
     """The tiny recogniser; ``mxnet_style`` names its first nodes like MXNet exports that
     normalise inside the graph (insightface then feeds raw pixels)."""
     rng = np.random.default_rng(seed)
@@ -137,19 +162,26 @@ def arcface_model(mxnet_style: bool = False, seed: int = 0) -> onnx.ModelProto:
         *first,
         helper.make_node("AveragePool", ["x1"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8], name="pool"),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1, name="flatten"),
-        helper.make_node("MatMul", ["flat", "proj"], ["683"], name="fc"),
+        helper.make_node("MatMul", ["flat", "proj"], [output_name], name="fc"),
     ]
     inputs = [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])]
-    outputs = [helper.make_tensor_value_info("683", TensorProto.FLOAT, [1, 512])]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, 512])]
     return _model(nodes, inputs, outputs, inits)
 
 
-def landmark_model() -> onnx.ModelProto:
-    """A stand-in for 1k3d68.onnx (192² input): sorts before the detector, must be skipped."""
-    nodes = [helper.make_node("ReduceMean", ["data"], ["fc1"], axes=[2, 3], keepdims=0)]
-    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])]
-    outputs = [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 3])]
-    return _model(nodes, inputs, outputs, [])
+def landmark_model(side: int = 192) -> onnx.ModelProto:
+    """A stand-in for 2d106det.onnx (192² input, 106 (x, y) points out) or, with ``side`` 96,
+    genderage.onnx (3 numbers out): they sort before the detector and recogniser and must be
+    skipped; insightface runs them on every face (without ``allowed_modules``), and can."""
+    width = 212 if side == 192 else 3
+    nodes = [
+        helper.make_node("ReduceMean", ["data"], ["mean"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["mean", "spread"], ["fc1"]),
+    ]
+    inits = [_const("spread", np.linspace(-0.5, 0.5, 3 * width).reshape(3, width))]
+    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, side, side])]
+    outputs = [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, width])]
+    return _model(nodes, inputs, outputs, inits)
 
 
 def write_pack(folder: Path, batched: bool = False, with_landmark: bool = True) -> Path:
@@ -159,6 +191,19 @@ def write_pack(folder: Path, batched: bool = False, with_landmark: bool = True) 
     onnx.save(arcface_model(), str(folder / "w600k_r50.onnx"))
     if with_landmark:
         onnx.save(landmark_model(), str(folder / "1k3d68.onnx"))
+    return folder
+
+
+def write_antelope_pack(folder: Path) -> Path:
+    """An antelopev2-shaped folder (InstantID's pack) with the tiny models; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        scrfd_model(output_names=ANTELOPE_DETECTOR_OUTPUTS, fixed_rows=True), str(folder / "scrfd_10g_bnkps.onnx")
+    )
+    onnx.save(arcface_model(seed=1, output_name="1333"), str(folder / "glintr100.onnx"))
+    onnx.save(landmark_model(), str(folder / "1k3d68.onnx"))
+    onnx.save(landmark_model(), str(folder / "2d106det.onnx"))
+    onnx.save(landmark_model(96), str(folder / "genderage.onnx"))
     return folder
 
 

@@ -33,7 +33,7 @@ from .job import Job, PreparedUnit
 from .load import progress
 from .load.adapter import IPAdapterModel
 from .load.compat import UNetSignature, check_encoder, check_unet
-from .load.detect import EncoderOutput
+from .load.detect import FACE_PACK_BY_VARIANT, EncoderOutput
 from .load.loaded import ModelCache, file_key, held_bytes
 from .load.registry import ModelRegistry
 from .project.projections import EncodedImages
@@ -287,11 +287,13 @@ class Engine:
         cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
         return cond, uncond
 
-    def found_faces(self, req: UnitRequest) -> list[FoundFace]:
-        """The face of each reference of a FaceID unit (detected once per photo, then cached)."""
+    def found_faces(self, req: UnitRequest, adapter: IPAdapterModel) -> list[FoundFace]:
+        """The face of each reference of a FaceID unit (detected once per photo, then cached), with
+        the pack the adapter was trained on where that is not the chosen one (InstantID)."""
         if self.faces is None:
             raise IPAdapterError("this host offers no face analysis, which FaceID models need.")
-        return self.faces.find_all(req.images, f"IP-Adapter unit {req.number}")
+        pack = FACE_PACK_BY_VARIANT.get(adapter.info.variant)
+        return self.faces.find_all(req.images, f"IP-Adapter unit {req.number}", pack)
 
     def _face_tokens(
         self, req: UnitRequest, adapter: IPAdapterModel, place: Placement
@@ -303,7 +305,7 @@ class Engine:
                 f"'{req.model}' is a FaceID model: its negative side is a zero face embedding, so negative_image "
                 "and noise do not apply. Remove them."
             )
-        found = self.found_faces(req)
+        found = self.found_faces(req, adapter)
         raw = adapter.info.variant in RAW_FACE_VARIANTS
         groups = [[f] for f in found] if req.per_image else [found]
         encoder_name, encoder = "face analysis", None
@@ -365,7 +367,7 @@ class Engine:
         adapter, encoder_name, cond, uncond = self._tokens(req, place)
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
-            faces = tuple(zip(req.images, self.found_faces(req), strict=True))  # cached: no second detection
+            faces = tuple(zip(req.images, self.found_faces(req, adapter), strict=True))  # cached: no second detection
         swapped = weights.swapped_layers(unet.transformer_index)
         kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, swapped, head_dim=unet.head_dim)
         description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"

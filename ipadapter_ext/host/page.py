@@ -17,7 +17,7 @@ from .unet import model_signature
 
 def face_status(info: Any) -> str:
     """For FaceID models: whether onnxruntime and the face pack are there, and what to do if not."""
-    from ..core.load.detect import EncoderOutput
+    from ..core.load.detect import FACE_PACK_BY_VARIANT, EncoderOutput
 
     if info.encoder.output not in (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE):
         return ""
@@ -31,7 +31,8 @@ def face_status(info: Any) -> str:
                      "run `python -m ipadapter_ext.face_setup` in the WebUI's venv")  # fmt: skip
     try:
         if faces is not None:
-            pack = find_pack(list(faces.roots()), faces.pack_name())
+            wanted = FACE_PACK_BY_VARIANT.get(info.variant) or faces.pack_name()
+            pack = find_pack(list(faces.roots()), wanted)
             notes.append(f"face pack: {pack.name} ({pack.folder})")
     except FaceAnalysisError as exc:
         notes.append(f"⚠ {exc}")

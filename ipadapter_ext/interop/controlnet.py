@@ -19,6 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .face_preprocessors import annotator_models_path
+
 CONTROLNET_EXTENSIONS = ("sd-webui-controlnet", "sd_forge_controlnet")
 #: Where sd-webui-controlnet keeps model files and its downloaded CLIP vision encoders.
 MODEL_SUBDIRS = ("models",)
@@ -39,10 +41,16 @@ def controlnet_dirs() -> list[Path]:
 
 
 def face_roots() -> list[Path]:
-    """Where ControlNet downloads insightface's packs (``annotator/downloads/insightface/models/<pack>``)."""
-    return [
-        root / "annotator" / "downloads" for root in controlnet_dirs() if (root / "annotator" / "downloads").is_dir()
-    ]
+    """Where ControlNet downloads insightface's packs (``<folder>/insightface/models/<pack>``): its
+    preprocessor model folder as configured (setting or flag), and ``annotator/downloads``."""
+    roots = controlnet_dirs()
+    found = [annotator_models_path(roots)]
+    found += [root / "annotator" / "downloads" for root in roots]
+    out: list[Path] = []
+    for folder in found:
+        if folder is not None and folder.is_dir() and folder not in out:
+            out.append(folder)
+    return out
 
 
 def extra_model_dirs() -> tuple[list[Path], list[Path]]:

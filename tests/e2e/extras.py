@@ -14,7 +14,11 @@ the server starts (so its first scan lists them), and removed with the rest afte
   name, as symbolic links, so a request can name them as its refiner and the host switches models
   mid-sampling (same weights: what is tested is the switch); see test_webui_refiner.py;
 * with a Flux checkpoint, a second extension patching Flux's blocks (:mod:`tests.e2e.second_script`,
-  two copies: one loads before this extension, one after), for test_webui_flux.py.
+  two copies: one loads before this extension, one after), for test_webui_flux.py;
+* on Forge, an InstantID-shaped IP-Adapter in ``models/ControlNet`` for
+  test_webui_face_preprocessors.py: Forge's ControlNet lists its models once, at start, and builds
+  InstantID's Resampler at its full size (1280 wide, 20 heads), so only a file of that size loads
+  (about 160 MB in fp16; SD checkpoints only).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .webui import ADAPTER_FILE, find_checkpoint, is_flux_checkpoint
 BIN_TWIN_FILE = "e2e-tiny-plus-twin.bin"
 REFINER_TWIN_FILE = "e2e-refiner-twin.safetensors"
 SDXL_REFINER_TWIN_FILE = "e2e-tiny-sdxl-twin.safetensors"
+FORGE_INSTANTID_FILE = "e2e-tiny-instant_id.safetensors"
 
 
 @dataclass
@@ -73,6 +78,8 @@ def write_extra_models(root: Path, python: str, created: list[Path], checkpoint:
         extras.sdxl_refiner_twin = link_twin(tiny, folder / SDXL_REFINER_TWIN_FILE, created)
     if is_flux_checkpoint(find_checkpoint(root)):
         second_script.install(root, python, created)
+    if (root / "modules_forge").is_dir():
+        write_forge_instantid(root, created)
     return extras
 
 
@@ -89,3 +96,26 @@ def link_twin(checkpoint: Path, twin: Path, created: list[Path]) -> Path:
         twin_config.write_text(config.read_text())
         created.append(twin_config)
     return twin
+
+
+def write_forge_instantid(root: Path, created: list[Path]) -> Path | None:
+    """The InstantID-shaped adapter (see the module docstring), sized to the checkpoint's layers."""
+    from ipadapter_ext.core.load.formats import save_adapter_tensors
+    from tests.factories import adapter_shapes, adapter_tensors
+
+    from .webui import checkpoint_attn2, find_checkpoint, is_flux_checkpoint
+
+    checkpoint = find_checkpoint(root)
+    if is_flux_checkpoint(checkpoint):
+        return None
+    ctx, widths = checkpoint_attn2(checkpoint)
+    shapes = adapter_shapes("resampler", ctx, widths, 512, tokens=16, res_dim=1280, inner=1280)
+    tensors = adapter_tensors(shapes, seed=32)
+    tensors.image_proj.update({k: v.half() for k, v in tensors.image_proj.items()})
+    path = root / "models" / "ControlNet" / FORGE_INSTANTID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.safetensors")
+    save_adapter_tensors(tensors, tmp)
+    os.replace(tmp, path)
+    created.append(path)
+    return path

@@ -57,8 +57,10 @@ class FaceReferences:
         #: when a route and a generation look for faces at the same time.
         self.lock = threading.RLock()
 
-    def analyser(self) -> FaceAnalyser:
-        return FaceAnalyser(find_pack(list(self.roots()), self.pack_name() or DEFAULT_PACK), sessions=self.sessions)
+    def analyser(self, pack: str | None = None, **kwargs) -> FaceAnalyser:
+        """An analyser for ``pack`` (default: the pack chosen in the settings), sharing the sessions."""
+        name = pack or self.pack_name() or DEFAULT_PACK
+        return FaceAnalyser(find_pack(list(self.roots()), name), sessions=self.sessions, **kwargs)
 
     def clear(self) -> int:
         """Forget the found faces and the loaded face models; returns how many faces were held."""
@@ -86,13 +88,14 @@ class FaceReferences:
                 "face_model_loads": self.sessions.loads,
             }
 
-    def find(self, image, where: str) -> FoundFace:
-        """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors."""
+    def find(self, image, where: str, pack: str | None = None) -> FoundFace:
+        """The largest face in ``image``; ``where`` ("IP-Adapter unit 2, image 3") prefixes errors;
+        ``pack`` overrides the chosen pack (InstantID was trained on antelopev2's embeddings)."""
         with self.lock:
-            return self._find(image, where)
+            return self._find(image, where, pack)
 
-    def _find(self, image, where: str) -> FoundFace:
-        analyser = self.analyser()
+    def _find(self, image, where: str, pack: str | None = None) -> FoundFace:
+        analyser = self.analyser(pack)
         models = (analyser.pack.detector.path, analyser.pack.recognizer.path)
         key = (image_digest(image), *((str(m), m.stat().st_mtime_ns) for m in models))
         hit = self._found.get(key)
@@ -110,10 +113,10 @@ class FaceReferences:
             self._found.popitem(last=False)
         return found
 
-    def find_all(self, images: Sequence, where: str) -> list[FoundFace]:
+    def find_all(self, images: Sequence, where: str, pack: str | None = None) -> list[FoundFace]:
         if not images:
             raise IPAdapterError(f"{where}: no reference photo. Drop a photo of a face into the unit.")
-        return [self.find(image, f"{where}, image {i}") for i, image in enumerate(images, start=1)]
+        return [self.find(image, f"{where}, image {i}", pack) for i, image in enumerate(images, start=1)]
 
 
 def preview(image, found: FoundFace, height: int = 256) -> Image.Image:

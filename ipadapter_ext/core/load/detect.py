@@ -4,8 +4,9 @@ The most common failures of other integrations are models "not found" because a 
 from a file name, and size-mismatch tracebacks in the middle of sampling because adapter, encoder
 and checkpoint did not fit. Here the tensors decide: base family, projection kind, token count,
 required encoder and which encoder output feeds the projection. The file name is consulted only
-for the few variants whose tensors are identical (light, plus-face, FaceID-Plus v2,
-portrait-unnorm, InstantID), and an explicit override beats both.
+for the few variants whose tensors are identical (light, plus-face, FaceID-Plus v2, and
+Portrait-unnorm among face-embedding Resamplers, which are otherwise InstantID's), and an explicit
+override beats both.
 """
 
 from __future__ import annotations
@@ -84,11 +85,7 @@ FLUX_VARIANTS = frozenset({"xlabs-flux", "instantx-flux", "flux-redux"})
 #: File-name hints, consulted only among variants whose tensors are identical.
 _NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
     ProjectionKind.IMAGE: (("light", "light"),),
-    ProjectionKind.RESAMPLER: (
-        ("unnorm", "portrait-unnorm"),
-        ("instant", "instantid"),
-        ("face", "plus-face"),
-    ),
+    ProjectionKind.RESAMPLER: (("face", "plus-face"),),
     ProjectionKind.FACEID_PLUS: (("v2", "faceid-plusv2"),),
 }
 _DEFAULT_VARIANT = {
@@ -100,6 +97,13 @@ _DEFAULT_VARIANT = {
     ProjectionKind.PORTRAIT: "portrait",
 }
 _FACE_RESAMPLER_VARIANTS = {"portrait-unnorm", "instantid"}
+#: A Resampler reading a face embedding is InstantID's (``InstantX/InstantID``'s ``ip-adapter.bin``,
+#: often kept under that bare name) unless the name says Portrait-unnorm: the tensors are the same.
+_FACE_RESAMPLER_HINTS = (("unnorm", "portrait-unnorm"), ("portrait", "portrait-unnorm"))
+#: Names that mark a Resampler as a face one when its input width is neither 512 nor a CLIP's.
+_FACE_RESAMPLER_NAMES = ("unnorm", "instant")
+#: The face analysis pack each face variant was trained on, where it is not the chosen one.
+FACE_PACK_BY_VARIANT = {"instantid": "antelopev2"}
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,17 @@ class AdapterInfo:
         'XLabs Flux IP-Adapter · 4 tokens · needs CLIP ViT-L/14' (the name already says Flux)."""
         if self.arch == "flux":
             return f"{self.name} · {self.tokens_text()} · needs {self.encoder.describe()}"
-        return f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
+        needs = self.encoder.describe()
+        pack = FACE_PACK_BY_VARIANT.get(self.variant)
+        if pack:
+            needs = needs.replace("(insightface)", f"(insightface's {pack} pack)")
+        text = f"{self.name} · {self.family} · {self.tokens_text()} · needs {needs}"
+        if self.variant == "instantid":
+            text += (
+                " · acts fully only with the InstantID IdentityNet ControlNet beside it (ControlNet's two-unit "
+                "InstantID set-up); alone it adds the face tokens only"
+            )
+        return text
 
 
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_k_ip\.weight$")
@@ -312,19 +326,30 @@ def _requirement(kind: ProjectionKind, variant: str, params: Mapping[str, int]) 
     return EncoderRequirement(EncoderOutput.FACE, params["id_dim"])
 
 
-def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
+def _variant(kind: ProjectionKind, filename: str, override: str | None, face_input: bool = False) -> str:
     if override:
         override = override.strip().lower()
         if override not in VARIANTS:
             raise ModelFileError(f"unknown variant override '{override}'; choose one of {sorted(VARIANTS)}.")
-        if override in FLUX_VARIANTS or VARIANTS[override][1] is not kind:
-            fits = sorted(v for v, (_, k) in VARIANTS.items() if k is kind)
+        face_variant = override in _FACE_RESAMPLER_VARIANTS
+        if (
+            override in FLUX_VARIANTS
+            or VARIANTS[override][1] is not kind
+            or (kind is ProjectionKind.RESAMPLER and face_variant != face_input)
+        ):
+            fits = sorted(
+                v
+                for v, (_, k) in VARIANTS.items()
+                if k is kind and (kind is not ProjectionKind.RESAMPLER or (v in _FACE_RESAMPLER_VARIANTS) == face_input)
+            )
             raise ModelFileError(
                 f"{filename}: the tensors are a {kind.value} projection, so it cannot be "
                 f"'{override}'. Variants that fit this file: {fits}."
             )
         return override
     stem = filename.lower()
+    if face_input:
+        return next((v for needle, v in _FACE_RESAMPLER_HINTS if needle in stem), "instantid")
     for needle, variant in _NAME_HINTS.get(kind, ()):
         if needle in stem:
             return variant
@@ -404,7 +429,11 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
             f"{filename}: the resampler outputs {params['out_dim']}-wide tokens but the layers take "
             f"{ctx}; this looks like a Kolors IP-Adapter, which is not supported."
         )
-    variant = _variant(kind, filename, override)
+    face_input = kind is ProjectionKind.RESAMPLER and (
+        params["in_dim"] == FACE_EMBED_WIDTH
+        or (params["in_dim"] not in KNOWN_HIDDEN and any(n in filename.lower() for n in _FACE_RESAMPLER_NAMES))
+    )
+    variant = _variant(kind, filename, override, face_input)
     tokens: int | None = params.get("tokens")
     if kind is ProjectionKind.FULL:
         # ViT-H/14 and ViT-bigG/14 at 224 px give 256 patches + CLS; other encoders vary.

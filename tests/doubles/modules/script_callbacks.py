@@ -44,6 +44,10 @@ def on_ui_settings(callback, *, name=None):
     _add("ui_settings", callback, name)
 
 
+def on_before_ui(callback, *, name=None):
+    _add("before_ui", callback, name)
+
+
 def cfg_denoiser_callback(params):
     for _name, callback in callbacks["cfg_denoiser"]:
         callback(params)
@@ -57,3 +61,15 @@ def model_loaded_callback(sd_model):
 def script_unloaded_callback():
     for _name, callback in callbacks["script_unloaded"]:
         callback()
+
+
+def before_ui_callback():
+    """webui.py calls it after every script is loaded (at start and after each UI reload), in the
+    UI and the API-only server alike."""
+    for _name, callback in callbacks["before_ui"]:
+        callback()
+
+
+def app_started_callback(demo, app):
+    for _name, callback in callbacks["app_started"]:
+        callback(demo, app)
