@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .attend.attention import WeightMode
-from .attend.kv import UnitKV
+from .attend.kv import TokenSet, UnitKV
 from .attend.masks import RegionMask
-from .attend.weights import WeightType, transformer_weights
+from .attend.weights import WeightType, composition_transformers, transformer_weights
 from .encode.cache import EmbeddingCache
-from .encode.combine import CombineMode, combine_encoded
+from .encode.combine import combine_encoded
 from .encode.encoder import ClipVisionEncoder
 from .encode.faces import FaceReferences, FoundFace
 from .encode.references import encode_references
+from .encode.tiles import BandMasks
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .load.adapter import IPAdapterModel
@@ -32,10 +32,11 @@ from .load.compat import UNetSignature, check_encoder, check_unet
 from .load.detect import EncoderOutput
 from .load.registry import ModelRegistry
 from .project.projections import EncodedImages
+from .reference_tokens import ReferenceTokens, TokenBuilder
+from .request import AUTO, UnitRequest
 
 log = logging.getLogger("ipadapter")
 
-AUTO = "auto"
 #: Adapters whose projection reads the face embedding (and FaceID-Plus the face crop's CLIP states).
 FACE_OUTPUTS = (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE)
 #: Variants trained on ArcFace's raw embedding rather than the L2-normalised one.
@@ -43,38 +44,29 @@ RAW_FACE_VARIANTS = frozenset({"portrait-unnorm", "instantid"})
 
 
 @dataclass
-class UnitRequest:
-    """What one enabled unit asks for, after the UI/API arguments were parsed."""
+class UnitTokens:
+    """A unit's tokens: the references' (grouped when tiled) and the composition image's."""
 
-    number: int
-    images: list = field(default_factory=list)
-    model: str = ""
-    encoder: str = AUTO
-    weight: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    crop: str = "center"
-    mode: WeightMode = WeightMode.V_ONLY
-    embeds: tuple[torch.Tensor, torch.Tensor, str] | None = None  # (cond, uncond, model) from /encode
-    weight_type: WeightType = WeightType.LINEAR
-    composition_weight: float | None = None  # None: the same as ``weight``
-    layer_weights: tuple[float, ...] | None = None  # one factor per transformer, replacing the preset
-    combine: CombineMode = CombineMode.CONCAT
-    image_weights: tuple[float, ...] | None = None
-    negative_images: list = field(default_factory=list)  # encoded as the uncond tokens
-    noise: float = 0.0  # blends the negative (or the references) with noise for the uncond tokens
-    mask: torch.Tensor | None = None  # [H, W] in [0, 1]; white is where the unit acts
-    attention_map: bool = False  # record where it acts (a request-wide switch; the host renders it)
-    #: img2img sources, resolved by the host from its processing object before ``prepare``.
-    image_from_init: bool = False  # the references are the init image(s)
-    mask_from_inpaint: bool = False  # the region is the area being inpainted
-    mask_invert: bool = False  # (with mask_from_inpaint) the region is the rest of the image
-    #: Each image is the reference of one generated image of the batch (row i ↔ images[i]),
-    #: instead of all images together being the reference of every generated image.
-    per_image: bool = False
-    lora_strength: float = 0.6  # FaceID: the embedded LoRA's strength
-    faceid_v2_weight: float = 1.0  # FaceID-Plus v2: the shortcut scale
-    show_faces: bool = False  # return the detected faces (a request-wide switch; the host renders)
+    adapter: IPAdapterModel
+    encoder_name: str
+    references: ReferenceTokens
+    composition: ReferenceTokens | None = None
+
+
+def _refuse_image_craft(req: UnitRequest, why: str) -> None:
+    """Tiles, reference masks, sharpening and composition images shape how CLIP sees an image."""
+    given = [
+        name
+        for name, on in (
+            ("crop 'tiles'", req.crop == "tiles"),
+            ("reference_mask", req.reference_mask is not None),
+            ("sharpening", req.sharpening > 0),
+            ("composition_image", bool(req.composition_images)),
+        )
+        if on
+    ]
+    if given:
+        raise IPAdapterError(f"{why}, so {', '.join(given)} cannot apply. Remove {'it' if len(given) == 1 else 'them'}.")
 
 
 class LoadedModels:
@@ -160,44 +152,40 @@ class Engine:
         return f"Models that fit it: {', '.join(fits)}."
 
     def tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
-        """(adapter, encoder name, cond tokens, uncond tokens) for one unit: encoded from its
-        images, or taken from its precomputed ``embeds``."""
+        """(adapter, encoder name, cond tokens, uncond tokens) for one unit, as ``/encode`` packs
+        them: one token group, no composition image."""
+        found = self.unit_tokens(req, place)
+        if found.references.tokens.groups > 1 or found.composition is not None:
+            raise IPAdapterError(
+                "a tiled reference (one token group per tile) and a composition image cannot be packed into embeds. "
+                "Send the image itself in the unit, with crop 'tiles' or composition_image there."
+            )
+        tokens = found.references.tokens
+        return found.adapter, found.encoder_name, tokens.cond, tokens.uncond
+
+    def unit_tokens(self, req: UnitRequest, place: Placement) -> UnitTokens:
+        """Every token set of one unit: encoded from its images, or taken from its ``embeds``."""
         if not req.model:
             raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
         if not req.images and req.embeds is None:
             raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
         adapter = self._adapter(req.model)
         if req.embeds is not None:
-            return (adapter, "embeds", *self._embeds_tokens(req, adapter))
+            _refuse_image_craft(req, "embeds already are tokens")
+            return UnitTokens(adapter, "embeds", ReferenceTokens(TokenSet(*self._embeds_tokens(req, adapter))))
         if adapter.info.encoder.output in FACE_OUTPUTS:
-            return (adapter, *self._face_tokens(req, adapter, place))
+            _refuse_image_craft(req, f"'{req.model}' is a FaceID model, whose face is found and cropped by the face analysis")
+            name, cond, uncond = self._face_tokens(req, adapter, place)
+            return UnitTokens(adapter, name, ReferenceTokens(TokenSet(cond, uncond)))
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
+        adapter.to(place.device)
         try:
-            groups = [[image] for image in req.images] if req.per_image else [req.images]
-            pairs = [self._encode_group(req, adapter, encoder, images, place) for images in groups]
+            builder = TokenBuilder(req, adapter, encoder, self.embeddings, lambda enc: self._project(adapter, enc, place))
+            return UnitTokens(adapter, encoder_name, builder.references(), builder.composition())
         finally:
             if place.offload_encoder:
                 encoder.to("cpu")
-        cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
-        return adapter, encoder_name, cond, uncond
-
-    def _encode_group(
-        self, req: UnitRequest, adapter: IPAdapterModel, encoder: ClipVisionEncoder, images: list, place: Placement
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cond and uncond tokens ([1, T, ctx] each) of ``images`` as one reference."""
-        weights = None if req.per_image else req.image_weights
-        cond_enc = combine_encoded(encode_references(encoder, images, req.crop, self.embeddings), req.combine, weights)
-        if req.negative_images:
-            uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
-        elif req.noise > 0:
-            noisy = encode_references(encoder, images, req.crop, self.embeddings, req.noise)
-            uncond_enc = combine_encoded(noisy, req.combine, weights)
-        else:
-            uncond_enc = adapter.negative_inputs(cond_enc, encoder)
-        adapter.to(place.device)
-        cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
-        return cond, uncond
 
     def found_faces(self, req: UnitRequest) -> list[FoundFace]:
         """The face of each reference of a FaceID unit (detected once per photo, then cached)."""
@@ -210,7 +198,7 @@ class Engine:
     ) -> tuple[str, torch.Tensor, torch.Tensor]:
         """FaceID: the face embedding of each reference (FaceID-Plus: and CLIP's view of the
         aligned face crop); the uncond side is the original's zero embedding."""
-        if req.negative_images or req.noise > 0:
+        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
             raise IPAdapterError(
                 f"'{req.model}' is a FaceID model: its negative side is a zero face embedding, so negative_image "
                 "and noise do not apply. Remove them."
@@ -255,7 +243,7 @@ class Engine:
                 f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
                 "Use that model, or encode the image again with this one."
             )
-        if req.negative_images or req.noise > 0:
+        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
             raise IPAdapterError(
                 "embeds already hold their uncond tokens, so negative_image and noise cannot apply. "
                 "Send them to /ipadapter/v1/encode with the image instead, or send the image itself."
@@ -271,12 +259,21 @@ class Engine:
                 raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
         weights = self._layer_weights(req, unet)
         mask = self._mask(req)
-        adapter, encoder_name, cond, uncond = self.tokens(req, place)
+        alt_layers: frozenset[int] = frozenset()
+        if req.composition_images:
+            layout = composition_transformers(unet.transformer_blocks)
+            alt_layers = frozenset(n for n, t in enumerate(unet.transformer_index) if t in layout)
+        found = self.unit_tokens(req, place)
+        adapter, refs, comp = found.adapter, found.references, found.composition
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
             faces = tuple(zip(req.images, self.found_faces(req), strict=True))  # cached: no second detection
-        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, weights.swapped_layers(unet.transformer_index))
-        description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
+        kv = UnitKV(
+            adapter, refs.tokens.cond, refs.tokens.uncond, place.device, place.dtype,
+            weights.swapped_layers(unet.transformer_index), groups=refs.tokens.groups,
+            alt=comp.tokens if comp is not None else None, alt_layers=alt_layers,
+        )  # fmt: skip
+        description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {found.encoder_name}"
         return PreparedUnit(
             req.number,
             adapter,
@@ -292,6 +289,10 @@ class Engine:
             lora=adapter.lora,
             lora_strength=req.lora_strength,
             faces=faces,
+            tiling=refs.tiling,
+            bands=BandMasks(refs.tiling, mask) if refs.tiling is not None else None,
+            alt_layers=alt_layers,
+            alt_bands=BandMasks(comp.tiling, mask) if comp is not None and comp.tiling is not None else None,
         )
 
     @staticmethod
@@ -309,8 +310,9 @@ class Engine:
                 )
             return transformer_weights(WeightType.LINEAR, req.weight, ("input",) * len(unet.attn2_widths))
         return transformer_weights(
-            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights
-        )
+            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights,
+            style_boost=req.style_boost, composition_boost=req.composition_boost,
+        )  # fmt: skip
 
     @staticmethod
     def _mask(req: UnitRequest) -> RegionMask | None:

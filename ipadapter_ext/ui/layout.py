@@ -27,6 +27,14 @@ UNIT_FIELDS = (
     "mask_invert",
     "lora_strength",
     "faceid_v2_weight",
+    "style_boost",
+    "composition_boost",
+    "sharpening",
+    "reference_mask",
+    "noise_type",
+    "noise_blur",
+    "composition_image",
+    "per_batch_image",
 )
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -3,7 +3,9 @@
 The ``center`` mode reproduces ``CLIPImageProcessor``'s defaults exactly (shortest edge to the
 encoder size with PIL bicubic, centre crop with the same rounding, ×1/255, OpenAI mean/std), so
 embeddings match every other IP-Adapter implementation. The other modes exist because a centre
-crop silently drops the edges of wide or tall references, the most common surprise users report.
+crop silently drops the edges of wide or tall references, the most common surprise users report;
+``tiles`` keeps all of a reference (:mod:`.tiles`). The geometry works on masks too (mode "L"),
+so a reference mask is cut exactly as its image.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class CropMode(str, Enum):
     RIGHT = "right"
     PAD = "pad"
     SQUASH = "squash"
+    TILES = "tiles"  # square tiles along the long side, each its own token group (see tiles.py)
 
 
 # Where the crop window sits along the long side: 0 = start, 0.5 = centre, 1 = end.
@@ -70,22 +73,49 @@ def _crop(image: Image.Image, size: int, anchor: tuple[float, float]) -> Image.I
 def _pad_square(image: Image.Image) -> Image.Image:
     w, h = image.size
     side = max(w, h)
-    canvas = Image.new("RGB", (side, side), PAD_COLOUR)
+    canvas = Image.new(image.mode, (side, side), PAD_COLOUR if image.mode == "RGB" else 0)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
     return canvas
+
+
+def fit_square(image: Image.Image, size: int, crop: CropMode | str = CropMode.CENTER) -> Image.Image:
+    """``image`` (RGB, or a mask in mode "L") resized and cropped to ``size``×``size`` by ``crop``
+    (one of the single-view modes; ``tiles`` is :func:`.tiles.cut_tiles`)."""
+    mode = CropMode(crop)
+    if mode is CropMode.TILES:
+        raise ValueError("the 'tiles' crop gives several views: use tiles.plan_tiles and tiles.cut_tiles")
+    if mode is CropMode.SQUASH:
+        return image.resize((size, size), resample=Image.BICUBIC)
+    if mode is CropMode.PAD:
+        return _pad_square(image).resize((size, size), resample=Image.BICUBIC)
+    return _crop(_resize_shortest(image, size), size, _ANCHORS[mode])
 
 
 def prepare_image(
     image: Image.Image | np.ndarray, size: int = 224, crop: CropMode | str = CropMode.CENTER
 ) -> Image.Image:
     """Resize and crop to ``size``×``size`` according to ``crop``."""
-    mode = CropMode(crop)
-    image = to_rgb_image(image)
-    if mode is CropMode.SQUASH:
-        return image.resize((size, size), resample=Image.BICUBIC)
-    if mode is CropMode.PAD:
-        return _pad_square(image).resize((size, size), resample=Image.BICUBIC)
-    return _crop(_resize_shortest(image, size), size, _ANCHORS[mode])
+    return fit_square(to_rgb_image(image), size, crop)
+
+
+def colour_values(image: Image.Image) -> torch.Tensor:
+    """RGB image → [3, H, W] float32 in [0, 1] (the processor's ×1/255)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray((arr * (1 / 255)).astype(np.float32).transpose(2, 0, 1)))
+
+
+def normalise_colour(colour: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] colour in [0, 1] → CLIP's normalised pixel values."""
+    mean = torch.tensor(CLIP_MEAN, dtype=colour.dtype).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=colour.dtype).view(3, 1, 1)
+    return (colour - mean) / std
+
+
+def colour_of(pixels: torch.Tensor) -> torch.Tensor:
+    """Normalised pixel values [..., 3, H, W] → colour, clamped to [0, 1]."""
+    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=pixels.dtype).view(3, 1, 1)
+    return (pixels * std + mean).clamp(0, 1)
 
 
 def normalise(image: Image.Image) -> torch.Tensor:

@@ -55,6 +55,7 @@ VARIANTS: dict[str, tuple[str, ProjectionKind]] = {
     "light": ("IP-Adapter Light", ProjectionKind.IMAGE),
     "plus": ("IP-Adapter Plus", ProjectionKind.RESAMPLER),
     "plus-face": ("IP-Adapter Plus Face", ProjectionKind.RESAMPLER),
+    "plus-composition": ("IP Composition Adapter (ostris)", ProjectionKind.RESAMPLER),
     "portrait-unnorm": ("IP-Adapter FaceID Portrait (unnorm)", ProjectionKind.RESAMPLER),
     "instantid": ("InstantID (IP part)", ProjectionKind.RESAMPLER),
     "full-face": ("IP-Adapter Full Face", ProjectionKind.FULL),
@@ -73,6 +74,7 @@ _NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
     ProjectionKind.RESAMPLER: (
         ("unnorm", "portrait-unnorm"),
         ("instant", "instantid"),
+        ("composition", "plus-composition"),  # ostris' ip_plus_composition_sd15/_sdxl
         ("face", "plus-face"),
     ),
     ProjectionKind.FACEID_PLUS: (("v2", "faceid-plusv2"),),
@@ -86,6 +88,9 @@ _DEFAULT_VARIANT = {
     ProjectionKind.PORTRAIT: "portrait",
 }
 _FACE_RESAMPLER_VARIANTS = {"portrait-unnorm", "instantid"}
+_PURPOSES = {
+    "plus-composition": "composition adapter: transfers the layout, not the style or content",
+}
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,8 @@ class AdapterInfo:
     params: Mapping[str, int] = field(default_factory=dict)  # projection hyper-parameters
     #: The model family it attaches to: "sd" (UNet cross-attention) or "flux" (double-stream blocks).
     arch: str = "sd"
+    #: The variant was told from the file name: its tensors are those of the kind's default variant.
+    by_name: bool = False
 
     @property
     def name(self) -> str:
@@ -179,7 +186,17 @@ class AdapterInfo:
         'XLabs Flux IP-Adapter · 4 tokens · needs CLIP ViT-L/14' (the name already says Flux)."""
         if self.arch == "flux":
             return f"{self.name} · {self.tokens_text()} · needs {self.encoder.describe()}"
-        return f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
+        text = f"{self.name} · {self.family} · {self.tokens_text()} · needs {self.encoder.describe()}"
+        if self.purpose:
+            text += f" · {self.purpose}"
+        if self.by_name:
+            text += " · variant told by the file name (its tensors alone fit other variants too)"
+        return text
+
+    @property
+    def purpose(self) -> str:
+        """What the adapter transfers, where its variant says so (for the model line)."""
+        return _PURPOSES.get(self.variant, "")
 
 
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_k_ip\.weight$")
@@ -289,7 +306,8 @@ def _requirement(kind: ProjectionKind, variant: str, params: Mapping[str, int]) 
     return EncoderRequirement(EncoderOutput.FACE, params["id_dim"])
 
 
-def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
+def _variant(kind: ProjectionKind, filename: str, override: str | None) -> tuple[str, bool]:
+    """(variant, whether the file name decided it)."""
     if override:
         override = override.strip().lower()
         if override not in VARIANTS:
@@ -300,12 +318,12 @@ def _variant(kind: ProjectionKind, filename: str, override: str | None) -> str:
                 f"{filename}: the tensors are a {kind.value} projection, so it cannot be "
                 f"'{override}'. Variants that fit this file: {fits}."
             )
-        return override
+        return override, False
     stem = filename.lower()
     for needle, variant in _NAME_HINTS.get(kind, ()):
         if needle in stem:
-            return variant
-    return _DEFAULT_VARIANT[kind]
+            return variant, True
+    return _DEFAULT_VARIANT[kind], False
 
 
 def _flux_info(shapes: Mapping[str, Shape], filename: str, override: str | None) -> AdapterInfo:
@@ -346,7 +364,7 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
             f"{filename}: the resampler outputs {params['out_dim']}-wide tokens but the layers take "
             f"{ctx}; this looks like a Kolors IP-Adapter, which is not supported."
         )
-    variant = _variant(kind, filename, override)
+    variant, by_name = _variant(kind, filename, override)
     tokens: int | None = params.get("tokens")
     if kind is ProjectionKind.FULL:
         # ViT-H/14 and ViT-bigG/14 at 224 px give 256 patches + CLS; other encoders vary.
@@ -360,4 +378,5 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
         encoder=_requirement(kind, variant, params),
         has_lora=has_lora,
         params=params,
+        by_name=by_name,
     )

@@ -46,6 +46,13 @@ BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's
 @dataclass
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
+    run: ForgeRun | None = None
+
+    def count_run(self) -> None:
+        """Fold the last pass's step counts into the generation's."""
+        if self.run is not None:
+            self.count_uncond(self.run.steps_seen, self.run.uncond_skipped_steps)
+            self.run = None
 
     def end_pass(self, p: Any) -> None:
         if self.job is not None:
@@ -58,15 +65,18 @@ class ForgeState(StateBase):
         flux = is_flux(patcher.model.diffusion_model)
         signature = model_signature(sd_model)
         place = forge_placement(patcher)
-        key = (signature, place.device, place.dtype)
+        requests, seeds = self.prepared_requests()
+        key = (signature, place.device, place.dtype, seeds)
         if self.job is None or key != self.key:
-            self.job = engine().prepare(self.requests, signature, place)
+            self.job = engine().prepare(requests, signature, place)
             self.key = key
         self.log_units()
         self.clock = StepClock()  # a new pass: no step reported yet
         self.start_maps()
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
+        self.count_run()
+        self.run = run
         if flux:
             sd_model.forge_objects.unet = forge_flux.patched_clone(patcher, run)
             return
@@ -137,6 +147,7 @@ def before_sampling(p: Any) -> None:
     wrap_sampler(p, state, lambda: state.end_pass(p))
     if state.error is not None or state.skip_hires(p):
         return
+    state.take_seeds(p)
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
     state.check_double_lora(p)
 
@@ -155,6 +166,8 @@ def postprocess(p: Any, processed: Any = None) -> None:
     state: ForgeState | None = get_state(p)
     if state is not None and state.job is not None:
         state.job.detach_loras()
+        state.count_run()
+        state.note_precise(p)
     if state is not None and processed is not None:
         append_maps(p, processed, state)
         append_faces(processed, state)
