@@ -37,7 +37,7 @@ SQUARE = picture(90, 90, 12)
 
 
 def prepare(webui, *requests: UnitRequest):
-    _, modules, signature = a1111.unet_layout(webui.model)
+    _, _, signature = a1111.unet_layout(webui.model)
     return a1111.engine().prepare(list(requests), signature, a1111.placement(webui.model, webui.unet))
 
 

@@ -65,7 +65,7 @@ def test_cut_tiles_are_the_boxes_of_the_resized_image():
 
 @pytest.mark.parametrize("name", ["4:5", "2:3", "21:9", "3:2"])
 def test_bands_add_up_to_one_and_cover_their_tile(name):
-    (w, h), resized, axis, starts = CASES[name]
+    (w, h), resized, _, starts = CASES[name]
     tiling = plan_tiles(w, h)
     long = max(resized)
     positions = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000
