@@ -10,7 +10,9 @@ softmax and its band of the output. This prints, from one run, the time of one U
   3 images  one unit, three references concatenated (48 tokens, one softmax), for comparison;
 
 the variants interleaved (one step of each per round, order rotated every round), median and min
-over the rounds, and the ratios to ``1 image``. Goal: 3 tiles / 1 image ≤ 1.01.
+over the rounds, and the ratios to ``1 image``. Goal: 3 tiles / 1 image ≤ 1.01. On a CPU it also
+prints the process's CPU time per step (all threads), which other processes' load disturbs far
+less than the wall time on a shared machine.
 
 The UNet, adapter shapes and hooks are those of ``unet_step.py`` (random weights, real shapes); the
 terms are built by :class:`~ipadapter_ext.core.job.PreparedUnit`, as in a generation, so the band
@@ -117,6 +119,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)  # fmt: skip
     names = list(hooks)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         outs = {}
         for name in names:  # warm-up, and the band masks' per-layer grids
@@ -126,15 +129,20 @@ def main() -> None:
         for r in range(args.repeat):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 with hooks[name]:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     step()
                     times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(v) * 1000 for name, v in times.items()}
-    low = {name: min(v) * 1000 for name, v in times.items()}
-    for name in names:
-        print(f"{name:8s} {med[name]:10.1f} ms/step median  {low[name]:10.1f} min  ({len(times[name])} steps)")
-    for name in names[1:]:
-        print(f"{name} / 1 image = {med[name] / med['1 image']:.4f} (median)  {low[name] / low['1 image']:.4f} (min)")
+                    cpu[name].append(time.process_time() - c0)
+    for label, series in (("wall", times), ("cpu", cpu) if device == "cpu" else ("", {})):
+        if not series:
+            continue
+        med = {name: statistics.median(v) * 1000 for name, v in series.items()}
+        low = {name: min(v) * 1000 for name, v in series.items()}
+        for name in names:
+            print(f"{label:4s} {name:8s} {med[name]:10.1f} ms/step median  {low[name]:10.1f} min  ({len(series[name])} steps)")
+        for name in names[1:]:
+            print(f"{label:4s} {name} / 1 image = {med[name] / med['1 image']:.4f} (median)  "
+                  f"{low[name] / low['1 image']:.4f} (min)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -140,3 +140,18 @@ def test_one_attention_call_per_layer_for_all_groups(monkeypatch):
 def test_a_grouped_term_needs_its_band_masks():
     with pytest.raises(ValueError, match="needs a \\[3, 24\\] mask"):
         sum_image_terms(torch.randn(1, 2, 24, 4), [ImageKV(torch.randn(1, 6, 8), torch.randn(1, 6, 8), 1.0, groups=3)])
+
+
+def test_the_attention_map_draws_the_bands():
+    from ipadapter_ext.core.attend.attention_map import band_borders, render
+
+    tiling = plan_tiles(2100, 900)
+    borders = band_borders(tiling.axis, tiling.bands())
+    assert borders == pytest.approx([(224 + 149) / 2 / 522, (373 + 298) / 2 / 522])
+    base = Image.new("RGB", (120, 60), (40, 40, 40))
+    heat = torch.full((8, 16), 0.5)
+    plain = np.asarray(render(base, heat, "unit 1"))
+    banded = np.asarray(render(base, heat, "unit 1 · 3 tiles", (tiling.axis, tiling.bands())))
+    column = round(borders[0] * 120)
+    assert (banded[:60, column] != plain[:60, column]).any()  # a dashed line where tile 1 hands over
+    assert (banded[30:60, 10:20] == plain[30:60, 10:20]).all()  # elsewhere the same map

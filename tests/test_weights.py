@@ -17,6 +17,7 @@ from ipadapter_ext.core.attend.weights import (
     DESCRIPTIONS,
     STYLE_BOOST_DEFAULT,
     WeightType,
+    composition_transformers,
     transformer_weights,
 )
 from ipadapter_ext.core.errors import IPAdapterError
@@ -163,6 +164,8 @@ def test_sdxl_style_and_layout_reach_instantstyles_layers():
     assert [2 * n + 1 for n, w in enumerate(composition) if w] == list(range(29, 48, 2))
     precise = transformer_weights("precise style transfer", 1.0, SDXL_BLOCKS)
     assert [n for n, s in enumerate(precise.swapped_layers(t_index)) if s] == list(range(14, 24))
+    layout = composition_transformers(SDXL_BLOCKS)  # where a composition image acts
+    assert [n for n, t in enumerate(t_index) if t in layout] == list(range(14, 24))
     precise_layout = transformer_weights("composition precise", 1.0, SDXL_BLOCKS, composition_boost=0.3)
     assert [n for n, s in enumerate(precise_layout.swapped_layers(t_index)) if not s] == list(range(14, 24))
     assert [n for n, w in enumerate(precise_layout.per_layer(t_index)) if w == 0.3] == list(range(34, 44))
@@ -188,3 +191,9 @@ def test_layer_selecting_types_refuse_an_unknown_unet_layout():
     assert transformer_weights("ease in", 1.0, blocks).weights[0] == pytest.approx(1.0)
     with pytest.raises(IPAdapterError, match="'style transfer' needs an SD1.x .* or SDXL .* this one has 7"):
         transformer_weights("style transfer", 1.0, blocks)
+
+
+def test_the_composition_image_goes_to_the_layout_block():
+    assert composition_transformers(SDXL_BLOCKS) == {3} and composition_transformers(SD15_BLOCKS) == {4, 5}
+    with pytest.raises(IPAdapterError, match="composition image needs an SD1.x"):
+        composition_transformers(("input",) * 3)

@@ -69,6 +69,12 @@ def test_a_wide_reference_with_tiles_differs_from_the_centre_and_says_so(webui: 
     assert same_pixels(again, tiled)
     square = generate(webui.client, with_units(txt2img_payload(), unit(model, 1.0, crop="tiles")))[0]
     assert same_pixels(square, generate(webui.client, with_units(txt2img_payload(), unit(model, 1.0)))[0])
+    mapped = {**unit(model, 1.0), "image": wide, "crop": "tiles", "attention_map": True}
+    answer = webui.client.post("/sdapi/v1/txt2img", with_units(payload, mapped))
+    assert answer.status == 200, answer.text[:3000]
+    body = answer.json()
+    assert len(body["images"]) == 2 and same_pixels(body["images"][0], tiled)  # the image, then its map
+    assert "attention map: unit 1" in json.loads(body["info"])["infotexts"][1]
 
 
 def test_the_reference_mask_works(webui: WebUI, model: str):
