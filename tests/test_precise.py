@@ -29,14 +29,22 @@ def _set_options(options: dict) -> None:
         setattr(shared.opts, key, value)
 
 
+#: precise style transfer at weight 0 with a style boost: only the layout layers, on uncond rows.
+STYLE_NEGATIVE_ONLY = {**PLUS, "weight": 0.0, "weight_type": "precise style transfer", "style_boost": 1.5}
+CASES = [pytest.param(NEGATIVE_ONLY, mode, id=f"composition-{mode}") for mode in CFG_MODES] + [
+    pytest.param(STYLE_NEGATIVE_ONLY, mode, id=f"style-{mode}")
+    for mode in ("batched", "batch_cond_uncond_off", "and_prompts", "token_lengths_differ_unbatched")
+]
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("mode", list(CFG_MODES))
-def test_the_negative_blocks_act_on_uncond_rows_only(webui, mode):
+@pytest.mark.parametrize("unit,mode", CASES)
+def test_the_negative_blocks_act_on_uncond_rows_only(webui, unit, mode):
     options, kwargs = CFG_MODES[mode]
     _set_options(options)
     p = job(webui.model, **kwargs)
     errors: list[str] = []
-    run_job(webui.script, unit_args(NEGATIVE_ONLY), p, errors)
+    run_job(webui.script, unit_args(unit), p, errors)
     assert not errors
     n_cond = sum(p.repeats)
     calls = [c for s in p.samplers for c in s.denoiser.calls]
