@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import pydantic
+import torch
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from .core.attend.attention import WeightMode
 from .core.attend.context import DOWNSAMPLE_RANGE, DownsampleMode, StrengthMode
-from .core.attend.weights import WeightType
+from .core.attend.weights import BOOST_RANGE, COMPOSITION_BOOST_DEFAULT, STYLE_BOOST_DEFAULT, WeightType
 from .core.encode.combine import CombineMode
 from .core.encode.embeds import unpack_embeds
+from .core.encode.noise import MAX_BLUR, NoiseType
 from .core.encode.preprocess import CropMode
 from .core.engine import AUTO, UnitRequest
 from .core.errors import IPAdapterError
@@ -88,12 +91,31 @@ class IPAdapterUnit(BaseModel):
     #: Flux Redux: shrink the 27×27 token grid by this factor (1: all 729 tokens; 3: 81), weaker and cheaper.
     redux_downsample: int = Field(1, ge=DOWNSAMPLE_RANGE[0], le=DOWNSAMPLE_RANGE[1])
     redux_downsample_mode: DownsampleMode = DownsampleMode.AREA
+    #: The precise weight types' negative layers: "precise style transfer" (the layout layers) and
+    #: "composition precise" (every other layer). Defaults as ComfyUI_IPAdapter_plus's nodes.
+    style_boost: float = Field(STYLE_BOOST_DEFAULT, ge=BOOST_RANGE[0], le=BOOST_RANGE[1])
+    composition_boost: float = Field(COMPOSITION_BOOST_DEFAULT, ge=BOOST_RANGE[0], le=BOOST_RANGE[1])
+    #: Contrast-adaptive sharpening of the references (after the crop, before encoding).
+    sharpening: float = Field(0.0, ge=0.0, le=1.0)
+    #: Base64 mask over the reference image (stretched to it): only the white part is encoded; the
+    #: rest is blanked. Not the output-region ``mask``.
+    reference_mask: Any = None
+    #: How the uncond image is degraded (with ``noise`` as the strength): ComfyUI's noise types, or
+    #: "noise", this extension's original blend with a fixed seed.
+    noise_type: NoiseType = NoiseType.NOISE
+    noise_blur: int = Field(0, ge=0, le=MAX_BLUR)  # Gaussian blur of the uncond image, in pixels
+    #: Base64 image whose tokens replace the reference's on the composition (layout) block only.
+    composition_image: Any = None
+    #: ``image`` is a list with one reference per image of the batch, in order.
+    per_batch_image: bool = False
 
     @_before(*NUMBER_LISTS)
     def _numbers(cls, value: Any) -> list[float] | None:
         return number_list(value, WEIGHT_RANGE[0], WEIGHT_RANGE[1])
 
-    @_before("weight_type", "weight_mode", "combine", "crop", "redux_strength_mode", "redux_downsample_mode")
+    @_before(
+        "weight_type", "weight_mode", "combine", "crop", "noise_type", "redux_strength_mode", "redux_downsample_mode"
+    )
     def _choice(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
@@ -120,6 +142,7 @@ class IPAdapterUnit(BaseModel):
         mask = decode_mask(self.mask, f"{where}, mask")
         self._check_sources(where, mask is not None)
         images = [] if self.image_from_init else self.images(number)
+        reference_mask = self._reference_mask(where)
         if mask is not None and self.mask_invert:
             mask = 1.0 - mask
         if self.image_weights is not None and len(self.image_weights) != len(images) and not self.embeds:
@@ -158,7 +181,42 @@ class IPAdapterUnit(BaseModel):
             redux_strength_mode=self.redux_strength_mode,
             redux_downsample=self.redux_downsample,
             redux_downsample_mode=self.redux_downsample_mode,
+            style_boost=self._style_boost(),
+            composition_boost=self.composition_boost,
+            sharpening=self.sharpening,
+            reference_mask=reference_mask,
+            noise_type=self.noise_type,
+            noise_blur=self.noise_blur,
+            composition_images=[]
+            if self.composition_image is None or self.composition_image == ""
+            else [as_image(self.composition_image, f"{where}, composition_image")],
+            per_image=self.per_batch_image,
         )
+
+    def _style_boost(self) -> float:
+        """Before style_boost existed, "precise style transfer" took its negative layers' weight from
+        composition_weight; a request that gives only that keeps meaning what it meant."""
+        given = given_fields(self)
+        if (
+            self.weight_type is WeightType.PRECISE_STYLE
+            and "style_boost" not in given
+            and "composition_weight" in given
+        ):
+            return self.composition_weight
+        return self.style_boost
+
+    def _reference_mask(self, where: str) -> Image.Image | None:
+        """The reference mask as mode "L", or ``None`` when absent or all white (which keeps
+        everything: exactly no mask). All black would blank the whole reference: refused."""
+        values = decode_mask(self.reference_mask, f"{where}, reference_mask")
+        if values is None or bool((values >= 1.0).all()):
+            return None
+        if float(values.max()) <= 0:
+            raise IPAdapterError(
+                f"{where}: the reference mask is black everywhere, so nothing of the reference would be used. Paint "
+                "white over the part of the reference to use, or remove the reference mask."
+            )
+        return Image.fromarray((values * 255).round().to(torch.uint8).numpy())
 
     def _check_sources(self, where: str, has_mask: bool) -> None:
         """Contradictory sources are refused rather than one silently winning."""
@@ -173,6 +231,11 @@ class IPAdapterUnit(BaseModel):
             raise IPAdapterError(
                 f"{where}: both a mask and mask_from_inpaint are given; clear the unit's mask or untick "
                 "'use the inpaint mask'."
+            )
+        if self.per_batch_image and self.image_from_init:
+            raise IPAdapterError(
+                f"{where}: per_batch_image and image_from_init both give each batch image its own reference; "
+                "send one of them."
             )
         if self.mask_invert and not self.mask_from_inpaint and not has_mask:
             raise IPAdapterError(

@@ -16,7 +16,7 @@
         "Weight": "How strongly the image prompt acts: about 0.5 beside a text prompt, 1.0 for an image-only prompt.",
         "Start": "Fraction of the sampling steps after which the image prompt starts to act.",
         "End": "Fraction of the sampling steps after which the image prompt stops acting.",
-        "Crop": "How the reference is fitted to a square: center, keep one edge, pad with the CLIP mean colour, or squash.",
+        "Crop": "How the reference is fitted to a square: center, keep one edge, pad with the CLIP mean colour, squash, or tiles (all of a wide or tall reference, one square tile per band of the output).",
         "Weight type": "Which UNet layers the reference reaches: e.g. 'style transfer' takes the style, 'composition' the layout.",
         "Composition weight": "The weight of the layout layers, for the weight types that use it.",
         "Weight mode": "How the weight enters the attention: 'V only' scales the output (the original IP-Adapter).",
@@ -34,6 +34,14 @@
         "Strength mode (Redux)": "Flux Redux: the weight is its strength. 'scale' multiplies its tokens; 'attention bias' adds log(strength) to the attention on them, keeping the tokens as they are.",
         "Downsampling (Redux)": "Flux Redux: shrink its 27×27 token grid by this factor (3 leaves 81 tokens): a weaker reference, and faster steps.",
         "Downsampling mode (Redux)": "Flux Redux: how the token grid is resized when downsampling (area averages; bicubic and bilinear interpolate).",
+        "Reference mask (optional)": "Use only part of the reference: white is kept, the rest is blanked before encoding. Not where the unit acts.",
+        "One reference per batch image": "The reference image, then the more reference images, in order: image i is the reference of batch image i only. Give as many as the batch size.",
+        "Style boost": "Precise style transfer: the weight of the reference on the negative side of the layout layers. SDXL: start at 2; SD1.5: between -1 and 1, start at 0.",
+        "Composition boost": "Composition precise: the weight of the reference on the negative side of the style layers (a tenth of it on the others). Start at 0.3 (SDXL, weight 0.8) or 0.35 (SD1.5, weight 0.6).",
+        "Composition image (optional)": "Its layout replaces the reference's on the composition block; the reference still gives everything else (made for SDXL).",
+        "Sharpening (before encoding)": "Contrast-adaptive sharpening of the references at the encoder's 224 px, to keep fine texture.",
+        "Noise type": "How the negative side is degraded with the Noise strength: ComfyUI's fade, dissolve, gaussian, shuffle (seeded by the image's seed), or 'noise', the original fixed-seed blend.",
+        "Noise blur (pixels)": "Blurs the negative side's image (also without noise), so CFG pushes towards the reference's detail.",
     };
     // Controls whose label gradio does not render as plain text (images, files): hint by elem_id.
     var BY_ID = {
@@ -41,6 +49,8 @@
         more: "More reference images (optional)",
         negative_image: "Negative image (optional)",
         mask: "Mask (optional)",
+        reference_mask: "Reference mask (optional)",
+        composition_image: "Composition image (optional)",
     };
 
     function unitLabel(n, text) {

@@ -31,7 +31,8 @@ CASES = [
         _shapes("base", SD15, 1024),
         "light",
         ProjectionKind.IMAGE,
-        "IP-Adapter Light · SD1.5 · 4 tokens · needs CLIP ViT-H/14",
+        "IP-Adapter Light · SD1.5 · 4 tokens · needs CLIP ViT-H/14"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "ip-adapter_sd15_vit-G.safetensors",
@@ -52,7 +53,8 @@ CASES = [
         _shapes("resampler", SD15, 1280, tokens=16, inner=768),
         "plus-face",
         ProjectionKind.RESAMPLER,
-        "IP-Adapter Plus Face · SD1.5 · 16 tokens · needs CLIP ViT-H/14",
+        "IP-Adapter Plus Face · SD1.5 · 16 tokens · needs CLIP ViT-H/14"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "ip-adapter-full-face_sd15.safetensors",
@@ -87,7 +89,8 @@ CASES = [
         _shapes("resampler", SDXL, 1280, tokens=16, res_dim=1280, inner=1280),
         "plus-face",
         ProjectionKind.RESAMPLER,
-        "IP-Adapter Plus Face · SDXL · 16 tokens · needs CLIP ViT-H/14",
+        "IP-Adapter Plus Face · SDXL · 16 tokens · needs CLIP ViT-H/14"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "ip-adapter-faceid_sd15.bin",
@@ -115,14 +118,16 @@ CASES = [
         _shapes("faceid_plus", SD15, 1280, lora_rank=128, inner=768),
         "faceid-plusv2",
         ProjectionKind.FACEID_PLUS,
-        "IP-Adapter FaceID Plus v2 · SD1.5 · 4 tokens · needs a face embedding (insightface) + CLIP ViT-H/14",
+        "IP-Adapter FaceID Plus v2 · SD1.5 · 4 tokens · needs a face embedding (insightface) + CLIP ViT-H/14"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "ip-adapter-faceid-plusv2_sdxl.bin",
         _shapes("faceid_plus", SDXL, 1280, lora_rank=128, inner=2048),
         "faceid-plusv2",
         ProjectionKind.FACEID_PLUS,
-        "IP-Adapter FaceID Plus v2 · SDXL · 4 tokens · needs a face embedding (insightface) + CLIP ViT-H/14",
+        "IP-Adapter FaceID Plus v2 · SDXL · 4 tokens · needs a face embedding (insightface) + CLIP ViT-H/14"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "ip-adapter-faceid-portrait-v11_sd15.bin",
@@ -143,7 +148,26 @@ CASES = [
         _shapes("resampler", SDXL, 512, tokens=16, res_dim=1280, inner=1280),
         "portrait-unnorm",
         ProjectionKind.RESAMPLER,
-        "IP-Adapter FaceID Portrait (unnorm) · SDXL · 16 tokens · needs a face embedding (insightface)",
+        "IP-Adapter FaceID Portrait (unnorm) · SDXL · 16 tokens · needs a face embedding (insightface)"
+        " · variant told by the file name (its tensors alone fit other variants too)",
+    ),
+    (  # ostris' composition adapters: laid out as Plus with ViT-H; only the name tells
+        "ip_plus_composition_sd15.safetensors",
+        _shapes("resampler", SD15, 1280, tokens=16, inner=768),
+        "plus-composition",
+        ProjectionKind.RESAMPLER,
+        "IP Composition Adapter (ostris) · SD1.5 · 16 tokens · needs CLIP ViT-H/14 · composition adapter: transfers "
+        "the layout, not the style or content"
+        " · variant told by the file name (its tensors alone fit other variants too)",
+    ),
+    (
+        "ip_plus_composition_sdxl.safetensors",
+        _shapes("resampler", SDXL, 1280, tokens=16, inner=1280),
+        "plus-composition",
+        ProjectionKind.RESAMPLER,
+        "IP Composition Adapter (ostris) · SDXL · 16 tokens · needs CLIP ViT-H/14 · composition adapter: transfers "
+        "the layout, not the style or content"
+        " · variant told by the file name (its tensors alone fit other variants too)",
     ),
     (
         "some-16-token-base.safetensors",
@@ -239,3 +263,16 @@ def test_kolors_resampler_is_rejected_in_words():
     shapes = {k: ((2048, 1280) if k.endswith("proj_out.weight") else v) for k, v in shapes.items()}
     with pytest.raises(ModelFileError, match="Kolors"):
         detect_adapter(shapes, "kolors.bin")
+
+
+def test_the_composition_adapter_is_told_only_by_its_name():
+    """ostris' ip_plus_composition files have Plus's tensors: renamed, they are Plus (and say nothing of
+    a name); the override names it explicitly without the file-name note."""
+    shapes = _shapes("resampler", SD15, 1280, tokens=16, inner=768)
+    renamed = detect_adapter(shapes, "mystery.safetensors")
+    assert renamed.variant == "plus" and not renamed.by_name and "file name" not in renamed.describe()
+    chosen = detect_adapter(shapes, "mystery.safetensors", override="plus-composition")
+    assert chosen.variant == "plus-composition" and not chosen.by_name
+    assert "composition adapter" in chosen.describe() and "file name" not in chosen.describe()
+    named = detect_adapter(shapes, "IP_Plus_Composition_SD15.safetensors")
+    assert named.by_name and named.name == "IP Composition Adapter (ostris)"

@@ -46,9 +46,11 @@ def test_all_zero_layer_weights_equal_no_adapter_bit_for_bit(webui):
     assert no_hooks_left(webui.unet)
 
 
-@pytest.mark.parametrize("kind", ["style transfer", "composition", "weak middle", "precise style transfer"])
+@pytest.mark.parametrize(
+    "kind", ["style transfer", "composition", "weak middle", "precise style transfer", "composition precise"]
+)
 def test_weight_types_reach_the_right_layers(webui, kind):
-    job_, _ = _prepare(webui, weight_type=kind, composition_weight=0.3)
+    job_, _ = _prepare(webui, weight_type=kind, composition_weight=0.3, style_boost=0.3, composition_boost=0.5)
     (unit,) = job_.units
     table = {
         "style transfer": [0.8 if t in STYLE_T else 0.0 for t in range(16)],
@@ -57,10 +59,15 @@ def test_weight_types_reach_the_right_layers(webui, kind):
         "precise style transfer": [
             0.3 * {4: 0.25, 5: 1.0}[t] if t in (4, 5) else 0.8 * (t in STYLE_T) for t in range(16)
         ],
+        "composition precise": [
+            0.8 * {4: 0.25, 5: 1.0}[t] if t in (4, 5) else 0.5 * (1.0 if t in STYLE_T else 0.1) for t in range(16)
+        ],
     }[kind]
     assert unit.layer_weights == pytest.approx([table[t] for t in SD15_T_OF_KEY])
     swapped = [n for n, s in enumerate(unit.kv.swapped) if s]
-    assert swapped == ([4, 5] if kind == "precise style transfer" else [])
+    layout_keys = [4, 5]  # keys of transformers 4 and 5
+    expected = {"precise style transfer": layout_keys, "composition precise": [n for n in range(16) if n not in (4, 5)]}
+    assert swapped == expected.get(kind, [])
 
 
 class _TermProbe:
@@ -209,10 +216,13 @@ def test_every_field_is_the_same_from_the_ui_the_api_and_a_pasted_infotext(webui
         "more_images",
         "negative_image",
         "mask",
+        "reference_mask",
+        "composition_image",
     }  # images: dropped again
     restored.update(
         image=image(1), more_images=[image(2)], negative_image=image(3), mask=ui_args[UNIT_FIELDS.index("mask") + 1]
     )
+    restored.update(reference_mask=None, composition_image=None)
     ((_, from_paste),) = parse_script_args([True, *[restored[name] for name in UNIT_FIELDS]])
     _same_request(from_paste.to_request(1), from_api.to_request(1), images=False)
     assert isinstance(from_paste, IPAdapterUnit)

@@ -226,6 +226,7 @@ def register_routes(
 #: The unit fields that decide the tokens (the rest act at sampling time and stay in the unit).
 ENCODE_FIELDS = (
     "image", "model", "encoder", "crop", "combine", "image_weights", "negative_image", "noise", "faceid_v2_weight",
+    "noise_type", "noise_blur", "reference_mask", "sharpening",
 )  # fmt: skip
 
 

@@ -11,23 +11,23 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .attend.attention import WeightMode
-from .attend.context import DOWNSAMPLE_RANGE, ContextUnit, DownsampleMode, StrengthMode, downsample_tokens
-from .attend.kv import UnitKV
+from .attend.context import DOWNSAMPLE_RANGE, ContextUnit, StrengthMode, downsample_tokens
+from .attend.kv import TokenSet, UnitKV
 from .attend.masks import RegionMask
-from .attend.weights import WeightType, transformer_weights
+from .attend.weights import WeightType, composition_transformers, transformer_weights
 from .encode.cache import EmbeddingCache
-from .encode.combine import CombineMode, combine_encoded
+from .encode.combine import combine_encoded
 from .encode.encoder import ImageEncoder, load_encoder
 from .encode.faces import FaceReferences, FoundFace
-from .encode.references import encode_references
+from .encode.preprocess import CropMode
+from .encode.references import ReferenceView, encode_references
+from .encode.tiles import BandMasks
 from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .load import progress
@@ -36,11 +36,15 @@ from .load.compat import UNetSignature, check_encoder, check_unet
 from .load.detect import FACE_PACK_BY_VARIANT, EncoderOutput
 from .load.loaded import ModelCache, file_key, held_bytes
 from .load.registry import ModelRegistry
+from .placement import Placement, running_on
 from .project.projections import EncodedImages
+from .reference_tokens import ReferenceTokens, TokenBuilder
+from .request import AUTO, UnitRequest
+
+__all__ = ["AUTO", "Engine", "Placement", "UnitRequest", "running_on"]
 
 log = logging.getLogger("ipadapter")
 
-AUTO = "auto"
 #: Adapters whose projection reads the face embedding (and FaceID-Plus the face crop's CLIP states).
 FACE_OUTPUTS = (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE)
 #: Variants trained on ArcFace's raw embedding rather than the L2-normalised one.
@@ -48,74 +52,31 @@ RAW_FACE_VARIANTS = frozenset({"portrait-unnorm", "instantid"})
 
 
 @dataclass
-class UnitRequest:
-    """What one enabled unit asks for, after the UI/API arguments were parsed."""
+class UnitTokens:
+    """A unit's tokens: the references' (grouped when tiled) and the composition image's."""
 
-    number: int
-    images: list = field(default_factory=list)
-    model: str = ""
-    encoder: str = AUTO
-    weight: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    crop: str = "center"
-    mode: WeightMode = WeightMode.V_ONLY
-    embeds: tuple[torch.Tensor, torch.Tensor, str] | None = None  # (cond, uncond, model) from /encode
-    weight_type: WeightType = WeightType.LINEAR
-    composition_weight: float | None = None  # None: the same as ``weight``
-    layer_weights: tuple[float, ...] | None = None  # one factor per transformer, replacing the preset
-    combine: CombineMode = CombineMode.CONCAT
-    image_weights: tuple[float, ...] | None = None
-    negative_images: list = field(default_factory=list)  # encoded as the uncond tokens
-    noise: float = 0.0  # blends the negative (or the references) with noise for the uncond tokens
-    mask: torch.Tensor | None = None  # [H, W] in [0, 1]; white is where the unit acts
-    attention_map: bool = False  # record where it acts (a request-wide switch; the host renders it)
-    #: img2img sources, resolved by the host from its processing object before ``prepare``.
-    image_from_init: bool = False  # the references are the init image(s)
-    mask_from_inpaint: bool = False  # the region is the area being inpainted
-    mask_invert: bool = False  # (with mask_from_inpaint) the region is the rest of the image
-    #: Each image is the reference of one generated image of the batch (row i ↔ images[i]),
-    #: instead of all images together being the reference of every generated image.
-    per_image: bool = False
-    lora_strength: float = 0.6  # FaceID: the embedded LoRA's strength
-    faceid_v2_weight: float = 1.0  # FaceID-Plus v2: the shortcut scale
-    show_faces: bool = False  # return the detected faces (a request-wide switch; the host renders)
-    #: Flux Redux: how ``weight`` (its strength) acts, and the token grid's downsampling.
-    redux_strength_mode: StrengthMode = StrengthMode.SCALE
-    redux_downsample: int = 1
-    redux_downsample_mode: DownsampleMode = DownsampleMode.AREA
+    adapter: IPAdapterModel
+    encoder_name: str
+    references: ReferenceTokens
+    composition: ReferenceTokens | None = None
 
 
-@dataclass
-class Placement:
-    """Where the UNet runs; encoders and K/V follow it."""
-
-    device: torch.device
-    dtype: torch.dtype
-    encoder_dtype: torch.dtype = torch.float32
-    #: The encoder and the adapter's projection leave the device after use (A1111 by default and
-    #: with --medvram/--lowvram, Forge always): accelerator memory the host does not account for.
-    offload_encoder: bool = False
-    upcast_attention: bool = False
-
-
-@contextmanager
-def running_on(place: Placement, adapter: IPAdapterModel, encoder: ImageEncoder | None) -> Iterator[None]:
-    """Encode and project on ``place.device``; with ``offload_encoder`` the encoder and the
-    projection are back on the CPU afterwards, whatever happened, so nothing of ours stays in
-    accelerator memory the host does not know about. The encoder goes to the device only when an
-    image is encoded (embedding-cache hits leave it where it is)."""
-    if encoder is not None:
-        encoder.run_on = place.device
-    try:
-        yield
-    finally:
-        if encoder is not None:
-            encoder.run_on = None
-        if place.offload_encoder:
-            adapter.to("cpu")
-            if encoder is not None:
-                encoder.to("cpu")
+def _refuse_image_craft(req: UnitRequest, why: str) -> None:
+    """Tiles, reference masks, sharpening and composition images shape how CLIP sees an image."""
+    given = [
+        name
+        for name, on in (
+            ("crop 'tiles'", req.crop == "tiles"),
+            ("reference_mask", req.reference_mask is not None),
+            ("sharpening", req.sharpening > 0),
+            ("composition_image", bool(req.composition_images)),
+        )
+        if on
+    ]
+    if given:
+        raise IPAdapterError(
+            f"{why}, so {', '.join(given)} cannot apply. Remove {'it' if len(given) == 1 else 'them'}."
+        )
 
 
 #: Default bounds of the loaded-model caches: three units with three adapters, and the two
@@ -232,60 +193,71 @@ class Engine:
             return "None of the models in the model folders fits it."
         return f"Models that fit it: {', '.join(fits)}."
 
-    def tokens(
-        self, req: UnitRequest, place: Placement, context: bool = False
-    ) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
-        """(adapter, encoder name, cond tokens, uncond tokens) for one unit: encoded from its
-        images, or taken from its precomputed ``embeds``. Flux Redux's context tokens only when
-        ``context`` (a generation); they are no embeds for ``/encode``."""
+    def tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
+        """(adapter, encoder name, cond tokens, uncond tokens) for one unit, as ``/encode`` packs
+        them: one token group, no composition image."""
         with self.lock:
-            return self._tokens(req, place, context)
+            found = self._unit_tokens(req, place)
+        if found.references.tokens.groups > 1 or found.composition is not None:
+            raise IPAdapterError(
+                "a tiled reference (one token group per tile) and a composition image cannot be packed into embeds. "
+                "Send the image itself in the unit, with crop 'tiles' or composition_image there."
+            )
+        tokens = found.references.tokens
+        return found.adapter, found.encoder_name, tokens.cond, tokens.uncond
 
-    def _tokens(
-        self, req: UnitRequest, place: Placement, context: bool = False
-    ) -> tuple[IPAdapterModel, str, torch.Tensor, torch.Tensor]:
-        if not req.model:
-            raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
-        if not req.images and req.embeds is None:
-            raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
-        adapter = self._adapter(req.model)
-        if adapter.info.variant == "flux-redux" and not context:
+    def _unit_tokens(self, req: UnitRequest, place: Placement) -> UnitTokens:
+        """Every token set of one unit: encoded from its images, or taken from its ``embeds``."""
+        adapter = self._requested_adapter(req)
+        if adapter.info.variant == "flux-redux":
             raise IPAdapterError(
                 f"'{req.model}' is Flux Redux: its tokens are added to the prompt when generating, so there are no "
                 "embeds to make. Send the image in the unit itself."
             )
         if req.embeds is not None:
-            return (adapter, "embeds", *self._embeds_tokens(req, adapter))
+            _refuse_image_craft(req, "embeds already are tokens")
+            return UnitTokens(adapter, "embeds", ReferenceTokens(TokenSet(*self._embeds_tokens(req, adapter))))
         if adapter.info.encoder.output in FACE_OUTPUTS:
-            return (adapter, *self._face_tokens(req, adapter, place))
+            _refuse_image_craft(
+                req, f"'{req.model}' is a FaceID model, whose face is found and cropped by the face analysis"
+            )
+            name, cond, uncond = self._face_tokens(req, adapter, place)
+            return UnitTokens(adapter, name, ReferenceTokens(TokenSet(cond, uncond)))
         encoder_name, encoder = self._encoder(req, adapter, place)
         with running_on(place, adapter, encoder):
-            groups = [[image] for image in req.images] if req.per_image else [req.images]
-            pairs = [self._encode_group(req, adapter, encoder, images, place) for images in groups]
-        cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
-        return adapter, encoder_name, cond, uncond
+            builder = TokenBuilder(
+                req, adapter, encoder, self.embeddings, lambda enc: self._project(adapter, enc, place)
+            )
+            return UnitTokens(adapter, encoder_name, builder.references(), builder.composition())
 
-    def _encode_group(
-        self, req: UnitRequest, adapter: IPAdapterModel, encoder: ImageEncoder, images: list, place: Placement
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cond and uncond tokens ([1, T, ctx] each) of ``images`` as one reference."""
+    def _requested_adapter(self, req: UnitRequest) -> IPAdapterModel:
+        if not req.model:
+            raise IPAdapterError("no model selected. Choose an IP-Adapter model (refresh the list after adding files).")
+        if not req.images and req.embeds is None:
+            raise IPAdapterError("no reference image. Drop an image into the unit or disable it.")
+        return self._adapter(req.model)
+
+    def _redux_tokens(self, req: UnitRequest, place: Placement) -> tuple[IPAdapterModel, str, torch.Tensor]:
+        """Redux's context tokens [n, T, ctx] (n = 1, or one row per image with ``per_image``),
+        downsampled, for the cond side only."""
+        adapter = self._requested_adapter(req)
+        if req.crop == CropMode.TILES.value or req.composition_images:
+            raise IPAdapterError(
+                "Redux adds one reference's tokens to the prompt, so crop 'tiles' and composition_image do not apply. "
+                "Use another crop mode and remove the composition image."
+            )
+        encoder_name, encoder = self._encoder(req, adapter, place)
+        view = ReferenceView(CropMode(req.crop), req.sharpening, req.reference_mask)
+        groups = [[image] for image in req.images] if req.per_image else [req.images]
         weights = None if req.per_image else req.image_weights
-        cond_enc = combine_encoded(encode_references(encoder, images, req.crop, self.embeddings), req.combine, weights)
-        if adapter.info.variant == "flux-redux":  # context tokens for the cond rows only
-            adapter.to(place.device)
-            tokens = adapter.project(cond_enc.map(lambda t: t.to(place.device)))
-            tokens = downsample_tokens(tokens, req.redux_downsample, req.redux_downsample_mode)
-            cond = tokens.reshape(1, -1, tokens.shape[-1])
-            return cond, cond[:, :0]
-        if req.negative_images:
-            uncond_enc = encode_references(encoder, req.negative_images[:1], req.crop, self.embeddings, req.noise)
-        elif req.noise > 0:
-            noisy = encode_references(encoder, images, req.crop, self.embeddings, req.noise)
-            uncond_enc = combine_encoded(noisy, req.combine, weights)
-        else:
-            uncond_enc = adapter.negative_inputs(cond_enc, encoder)
-        cond, uncond = (self._project(adapter, enc, place) for enc in (cond_enc, uncond_enc))
-        return cond, uncond
+        rows = []
+        with running_on(place, adapter, encoder):
+            for images in groups:
+                encoded = encode_references(encoder, images, view=view, cache=self.embeddings)
+                tokens = self._project(adapter, combine_encoded(encoded, req.combine, weights), place)
+                tokens = downsample_tokens(tokens, req.redux_downsample, req.redux_downsample_mode)
+                rows.append(tokens.reshape(1, -1, tokens.shape[-1]))
+        return adapter, encoder_name, torch.cat(rows)
 
     def found_faces(self, req: UnitRequest, adapter: IPAdapterModel) -> list[FoundFace]:
         """The face of each reference of a FaceID unit (detected once per photo, then cached), with
@@ -300,7 +272,7 @@ class Engine:
     ) -> tuple[str, torch.Tensor, torch.Tensor]:
         """FaceID: the face embedding of each reference (FaceID-Plus: and CLIP's view of the
         aligned face crop); the uncond side is the original's zero embedding."""
-        if req.negative_images or req.noise > 0:
+        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
             raise IPAdapterError(
                 f"'{req.model}' is a FaceID model: its negative side is a zero face embedding, so negative_image "
                 "and noise do not apply. Remove them."
@@ -341,7 +313,7 @@ class Engine:
                 f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
                 "Use that model, or encode the image again with this one."
             )
-        if req.negative_images or req.noise > 0:
+        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
             raise IPAdapterError(
                 "embeds already hold their uncond tokens, so negative_image and noise cannot apply. "
                 "Send them to /ipadapter/v1/encode with the image instead, or send the image itself."
@@ -364,13 +336,21 @@ class Engine:
                 return self._prepare_redux(req, unet, place)
         weights = self._layer_weights(req, unet)
         mask = self._mask(req)
-        adapter, encoder_name, cond, uncond = self._tokens(req, place)
+        alt_layers: frozenset[int] = frozenset()
+        if req.composition_images:
+            layout = composition_transformers(unet.transformer_blocks)
+            alt_layers = frozenset(n for n, t in enumerate(unet.transformer_index) if t in layout)
+        found = self._unit_tokens(req, place)
+        adapter, refs, comp = found.adapter, found.references, found.composition
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
             faces = tuple(zip(req.images, self.found_faces(req, adapter), strict=True))  # cached: no second detection
-        swapped = weights.swapped_layers(unet.transformer_index)
-        kv = UnitKV(adapter, cond, uncond, place.device, place.dtype, swapped, head_dim=unet.head_dim)
-        description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {encoder_name}"
+        kv = UnitKV(
+            adapter, refs.tokens.cond, refs.tokens.uncond, place.device, place.dtype,
+            weights.swapped_layers(unet.transformer_index), head_dim=unet.head_dim, groups=refs.tokens.groups,
+            alt=comp.tokens if comp is not None else None, alt_layers=alt_layers,
+        )  # fmt: skip
+        description = f"{adapter.info.name} · {adapter.info.family} · {req.model} + {found.encoder_name}"
         return PreparedUnit(
             req.number,
             adapter,
@@ -386,6 +366,10 @@ class Engine:
             lora=adapter.lora,
             lora_strength=req.lora_strength,
             faces=faces,
+            tiling=refs.tiling,
+            bands=BandMasks(refs.tiling, mask) if refs.tiling is not None else None,
+            alt_layers=alt_layers,
+            alt_bands=BandMasks(comp.tiling, mask) if comp is not None and comp.tiling is not None else None,
         )
 
     def _prepare_redux(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> ContextUnit:
@@ -398,14 +382,14 @@ class Engine:
             )
         if req.embeds is not None:
             raise IPAdapterError("Redux units take reference images, not embeds from /encode. Send the image itself.")
-        if req.negative_images or req.noise > 0:
+        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
             raise IPAdapterError(
                 "Redux tokens go to the positive conditioning only, so negative_image and noise do not apply. Remove them."
             )
         if not DOWNSAMPLE_RANGE[0] <= req.redux_downsample <= DOWNSAMPLE_RANGE[1]:
             raise IPAdapterError(f"redux_downsample must be 1 to 9, not {req.redux_downsample}.")
         mask = self._mask(req)
-        adapter, encoder_name, cond, _ = self._tokens(req, place, context=True)
+        adapter, encoder_name, cond = self._redux_tokens(req, place)
         if req.redux_strength_mode is StrengthMode.SCALE and req.weight != 1:
             cond = cond * req.weight
         return ContextUnit(
@@ -435,8 +419,9 @@ class Engine:
                 )
             return transformer_weights(WeightType.LINEAR, req.weight, ("input",) * len(unet.attn2_widths))
         return transformer_weights(
-            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights
-        )
+            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights,
+            style_boost=req.style_boost, composition_boost=req.composition_boost,
+        )  # fmt: skip
 
     @staticmethod
     def _mask(req: UnitRequest) -> RegionMask | None:

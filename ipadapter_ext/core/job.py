@@ -25,6 +25,7 @@ from .attend.hooks import Attn2Hooks
 from .attend.kv import UnitKV
 from .attend.lora import FaceIDLoRA, LoRAHooks, ldm_attention_pairs
 from .attend.masks import RegionMask
+from .encode.tiles import BandMasks, Tiling
 from .load.adapter import IPAdapterModel
 
 log = logging.getLogger("ipadapter")
@@ -53,6 +54,12 @@ class PreparedUnit:
     lora_strength: float = 0.0
     #: FaceID: what the face analysis found in each reference (for the "detected faces" output).
     faces: tuple = ()
+    #: A tiled reference: its tiling, and each tile's band of the output (times ``mask``).
+    tiling: Tiling | None = None
+    bands: BandMasks | None = None
+    #: Layers (adapter key order) whose tokens are the composition image's, and their bands.
+    alt_layers: frozenset[int] = frozenset()
+    alt_bands: BandMasks | None = None
 
     def __post_init__(self) -> None:
         if not self.layer_weights:
@@ -62,6 +69,12 @@ class PreparedUnit:
     @property
     def applies(self) -> bool:
         return any(w != 0 for w in self.layer_weights)
+
+    @property
+    def acts_on_uncond(self) -> bool:
+        """A precise weight type: some layer with a weight moves the reference to the uncond rows,
+        which act only through CFG (nothing where the uncond pass is skipped or CFG is 1)."""
+        return any(s and w != 0 for s, w in zip(self.kv.swapped, self.layer_weights, strict=True))
 
     @property
     def applies_lora(self) -> bool:
@@ -91,16 +104,24 @@ class PreparedUnit:
             return None
         k, v = self.kv.rows(layer, layout, refs)
         hw = latent_hw or (round(tokens**0.5), round(tokens**0.5))
-        mask = None if self.mask is None else self.mask.for_layer(tokens, hw, k.device, k.dtype)
+        groups = self.kv.groups[layer]
+        if groups > 1:
+            bands = self.alt_bands if layer in self.alt_layers else self.bands
+            assert bands is not None and bands.groups == groups
+            mask = bands.for_layer(tokens, hw, k.device, k.dtype)
+        else:
+            mask = None if self.mask is None else self.mask.for_layer(tokens, hw, k.device, k.dtype)
         record = None
         if self.attention_map is not None and images is not None:
             record = functools.partial(self.attention_map.add, images=images, latent_hw=hw)
-        return ImageKV(k, v, weight, self._scaler, mask, record)
+        return ImageKV(k, v, weight, self._scaler, mask, record, groups)
 
     def log_line(self) -> str:
         extras = "" if self.weight_type == "linear" else f" · {self.weight_type}"
         extras += "" if self.mode is WeightMode.V_ONLY else f" · {self.mode.value}"
         extras += " · masked" if self.mask is not None else ""
+        extras += f" · tiles {self.tiling.describe()}" if self.tiling is not None else ""
+        extras += " · composition image" if self.alt_layers else ""
         return (
             f"IP-Adapter: unit {self.number} · {self.description or self.adapter.info.describe()} · "
             f"{self.adapter.info.num_layers} layers · {self.kv.num_tokens} tokens · weight {self.weight:g}{extras} · "
@@ -158,6 +179,7 @@ class _Rows:
     current_refs: tuple[int, ...] | None = None
     latent_hw: tuple[int, int] | None = None
     warned: bool = False
+    saw_uncond: bool = False  # some UNet call of this denoiser call ran uncond rows
 
 
 @dataclass(eq=False)  # identity semantics: jobs are tracked in weak sets
@@ -176,10 +198,15 @@ class Job:
     _device: torch.device | None = None
     #: Flux Redux units: context tokens rather than attention terms (hosts with Flux apply them).
     context: list[ContextUnit] = field(default_factory=list)
+    #: Denoiser calls seen, and those whose uncond rows never reached the UNet (skipped: the
+    #: precise weight types' negative side had no effect there).
+    steps_seen: int = 0
+    uncond_skipped_steps: int = 0
 
     # -- host events -------------------------------------------------------------------------
     def begin_step(self, progress: float, cond_rows: int, total_rows: int) -> None:
         """Called once per denoiser call, before the UNet runs: rows [0, cond_rows) are cond."""
+        self._count_step()
         self.progress = progress
         layout = tuple(i < cond_rows for i in range(total_rows))
         images = row_images(cond_rows, total_rows) if self.record_rows else ()
@@ -223,8 +250,15 @@ class Job:
         while self._loras:
             self._loras.pop().remove()
 
+    def _count_step(self) -> None:
+        rows = self._rows
+        if rows.layout:
+            self.steps_seen += 1
+            self.uncond_skipped_steps += not rows.saw_uncond
+
     def detach(self) -> None:
         """Idempotent: removes every hook this job installed."""
+        self._count_step()
         self.detach_loras()
         if self._hooks is not None:
             self._hooks.remove()
@@ -261,6 +295,7 @@ class Job:
         rows.latent_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.ndim == 4 else None
         if len(layout) == n:
             rows.current = layout
+            rows.saw_uncond = rows.saw_uncond or not all(layout)
             return
         rows.current = None
         if not rows.warned:

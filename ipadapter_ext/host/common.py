@@ -9,6 +9,7 @@ logs the same and fails the same way on either host.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import weakref
@@ -16,8 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from ..api.bare_unit import install as install_bare_unit
 from ..api.errors import http_error
+from ..core.encode.preprocess import CropMode
+from ..core.encode.tiles import plan_tiles
 from ..core.engine import UnitRequest
 from ..core.errors import IPAdapterError
 from ..core.job import Job
@@ -63,6 +68,11 @@ class StateBase:
     maps: bool = False
     drawn: dict[int, dict[int, dict[int, Any]]] = field(default_factory=dict)
     inpaint_checked: bool = False
+    #: The current batch's seeds (``p.seeds``), for the units whose uncond noise draws from them.
+    seeds: tuple[int, ...] = ()
+    #: Precise weight types: denoiser calls seen and those that skipped the uncond pass, over the passes.
+    steps_seen: int = 0
+    uncond_skipped: int = 0
 
     def __post_init__(self) -> None:
         self.maps = any(r.attention_map for r in self.requests)
@@ -118,6 +128,42 @@ class StateBase:
             return exc
         return None
 
+    def take_seeds(self, p: Any) -> None:
+        """Before each pass: the seeds of the batch about to be sampled."""
+        self.seeds = batch_seeds(p)
+
+    def prepared_requests(self) -> tuple[list[UnitRequest], tuple]:
+        """The requests with this batch's seeds, and what of them the prepared job depends on (a
+        new batch with other seeds needs new uncond tokens only when a unit's noise is seeded)."""
+        if not any(r.seeded_noise for r in self.requests):
+            return self.requests, ()
+        return [dataclasses.replace(r, seeds=self.seeds) for r in self.requests], self.seeds
+
+    def count_uncond(self, seen: int, skipped: int) -> None:
+        self.steps_seen += seen
+        self.uncond_skipped += skipped
+
+    def note_precise(self, p: Any) -> None:
+        """The precise weight types act through the uncond side, which does nothing at CFG scale 1
+        and is not computed where the sampler skips it (negative guidance minimum sigma, skip
+        early CFG, Forge at CFG 1): say so, once, instead of a silently weaker result."""
+        units = [u for u in self.job.units if u.acts_on_uncond] if self.job is not None else []
+        if not units:
+            return
+        who = ", ".join(f"unit {u.number} ('{u.weight_type}')" for u in units)
+        cfg = getattr(p, "cfg_scale", None)
+        if cfg is not None and float(cfg) == 1.0:
+            self.note(
+                f"IP-Adapter: {who} moves the reference to the negative (uncond) side on some layers; at CFG scale 1 "
+                "the uncond has no effect, so that precise part does nothing. Raise the CFG scale."
+            )
+        elif self.uncond_skipped:
+            self.note(
+                f"IP-Adapter: {who} moves the reference to the negative (uncond) side on some layers, but the sampler "
+                f"skipped the uncond pass on {self.uncond_skipped} of {self.steps_seen} steps (negative guidance "
+                "minimum sigma, skip early CFG, or CFG scale 1): the precise part had no effect on those steps."
+            )
+
     def note(self, text: str) -> None:
         """Print ``text`` once per generation (the WebUI console is where users look)."""
         if text not in self.notes:
@@ -150,9 +196,43 @@ def parse_requests(p: Any, args: tuple) -> tuple[list[UnitRequest], IPAdapterErr
     except IPAdapterError as exc:
         return [], exc
     requests = [r for r in resolved if r is not None]
+    for (number, unit), request in zip(units, resolved, strict=True):
+        if request is not None and unit.per_batch_image:
+            error = _per_batch_count(p, number, len(request.images))
+            if error is not None:
+                return [], error
     for (number, unit), request in ((u, r) for u, r in zip(units, resolved, strict=True) if r is not None):
-        p.extra_generation_params[KEY.format(number)] = unit_infotext(unit, model_hash(unit.model), len(request.images))
+        infotext = unit_infotext(unit, model_hash(unit.model), len(request.images), tiles_text(request))
+        p.extra_generation_params[KEY.format(number)] = infotext
     return requests, None
+
+
+def tiles_text(request: UnitRequest) -> str | None:
+    """How a tiled unit's (first) reference is cut, for the infotext: "3 across", "2 down"."""
+    if request.crop != CropMode.TILES.value or not request.images:
+        return None
+    image = request.images[0]
+    width, height = image.size if isinstance(image, Image.Image) else image.shape[1::-1]
+    return plan_tiles(int(width), int(height)).describe()
+
+
+def batch_seeds(p: Any) -> tuple[int, ...]:
+    """The seed of each image of the batch being sampled (A1111 and Forge set ``p.seeds`` per batch)."""
+    seeds = getattr(p, "seeds", None)
+    if seeds:
+        return tuple(int(s) for s in seeds)
+    return (int(getattr(p, "seed", 0) or 0),)
+
+
+def _per_batch_count(p: Any, number: int, images: int) -> IPAdapterError | None:
+    batch = int(getattr(p, "batch_size", 1) or 1)
+    if images == batch:
+        return None
+    return IPAdapterError(
+        f"IP-Adapter unit {number}: per_batch_image gives each image of the batch its own reference, but the unit has "
+        f"{images} reference image(s) for a batch size of {batch}. Give exactly {batch} (one per image, in order), or "
+        "set the batch size to match."
+    )
 
 
 def new_state(p: Any, args: tuple, factory: Callable[..., StateBase]) -> None:
@@ -188,6 +268,7 @@ def append_maps(p: Any, processed: Any, state: StateBase) -> None:
     from ..core.attend.attention_map import normalise, render, shared_scale
 
     names = {u.number: u.adapter.name for u in state.job.units}
+    tiled = {u.number: (u.tiling.axis, u.tiling.bands()) for u in state.job.units if u.tiling is not None}
     scale = shared_scale(m for units in state.drawn.values() for images in units.values() for m in images.values())
     first, batch = int(getattr(processed, "index_of_first_image", 0)), int(getattr(p, "batch_size", 1) or 1)
     generated = len(processed.images)
@@ -202,7 +283,8 @@ def append_maps(p: Any, processed: Any, state: StateBase) -> None:
                 continue
             for number, heat in sorted(maps, key=lambda m: m[0]):
                 label = f"IP-Adapter unit {number} · {names.get(number, '')}"
-                processed.images.append(render(processed.images[at], normalise(heat, scale), label))
+                label += f" · {len(tiled[number][1])} tiles" if number in tiled else ""
+                processed.images.append(render(processed.images[at], normalise(heat, scale), label, tiled.get(number)))
                 processed.infotexts.append(
                     f"IP-Adapter attention map: unit {number}, model {names.get(number, '')}, image {at - first + 1}"
                     f" (not a generated image; one scale for all units of this generation, max {scale:.3g})"

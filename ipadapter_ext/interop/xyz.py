@@ -20,6 +20,8 @@ from ..api.payload import validation_message
 from ..core.attend.attention import WeightMode
 from ..core.attend.context import StrengthMode
 from ..core.attend.weights import WeightType
+from ..core.encode.noise import NoiseType
+from ..core.encode.preprocess import CropMode
 from ..core.errors import IPAdapterError
 from ..schema import PYDANTIC_V2, IPAdapterUnit
 
@@ -53,6 +55,11 @@ AXES = (
     Axis("[IP-Adapter] FaceID v2 weight", "faceid_v2_weight", float),
     Axis("[IP-Adapter] Redux strength mode", "redux_strength_mode", str, tuple(m.value for m in StrengthMode)),
     Axis("[IP-Adapter] Redux downsampling", "redux_downsample", int),
+    Axis("[IP-Adapter] Style boost", "style_boost", float),
+    Axis("[IP-Adapter] Composition boost", "composition_boost", float),
+    Axis("[IP-Adapter] Crop", "crop", str, tuple(c.value for c in CropMode)),
+    Axis("[IP-Adapter] Sharpening", "sharpening", float),
+    Axis("[IP-Adapter] Noise type", "noise_type", str, tuple(t.value for t in NoiseType)),
 )
 _FIELDS = {a.field for a in AXES}
 

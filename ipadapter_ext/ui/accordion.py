@@ -14,12 +14,13 @@ import gradio as gr
 
 from ..core.attend.attention import WeightMode
 from ..core.attend.context import DOWNSAMPLE_RANGE, DownsampleMode, StrengthMode
-from ..core.attend.weights import DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
+from ..core.attend.weights import BOOST_RANGE, DESCRIPTIONS, USES_COMPOSITION_WEIGHT, WeightType
 from ..core.encode.combine import CombineMode
+from ..core.encode.noise import MAX_BLUR, NoiseType
 from ..core.encode.preprocess import CropMode
 from ..schema import DEFAULTS, LORA_STRENGTH_RANGE, WEIGHT_RANGE
 from .layout import NONE, UNIT_FIELDS
-from .mask_input import HINT, mask_input
+from .mask_input import HINT, REFERENCE_MASK_HINT, mask_input
 
 
 @dataclass
@@ -118,12 +119,17 @@ def _unit(
             file_types=["image"],
             elem_id=eid("more"),
         )
-    from_init = gr.Checkbox(
-        label=label("Use the img2img input as the reference"),
-        value=DEFAULTS.image_from_init,
-        visible=is_img2img,
-        elem_id=eid("image_from_init"),
-    )
+    reference_mask = mask_input(label("Reference mask (optional)"), eid("reference_mask"))
+    gr.Markdown(REFERENCE_MASK_HINT, elem_id=eid("reference_mask_hint"))
+    with gr.Row():
+        per_batch = gr.Checkbox(label=label("One reference per batch image"), value=DEFAULTS.per_batch_image,
+                                elem_id=eid("per_batch_image"))  # fmt: skip
+        from_init = gr.Checkbox(
+            label=label("Use the img2img input as the reference"),
+            value=DEFAULTS.image_from_init,
+            visible=is_img2img,
+            elem_id=eid("image_from_init"),
+        )
     with gr.Row():
         model = gr.Dropdown(
             label=label("Model"), choices=[NONE, *hooks.adapter_names()], value=NONE, elem_id=eid("model")
@@ -149,18 +155,26 @@ def _unit(
                                   value=DEFAULTS.weight_type.value, elem_id=eid("weight_type"))  # fmt: skip
     composition = gr.Slider(label=label("Composition weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1], step=0.05,
                             value=DEFAULTS.composition_weight, visible=False, elem_id=eid("composition_weight"))  # fmt: skip
+    boosts = {
+        kind: gr.Slider(label=label(text), minimum=BOOST_RANGE[0], maximum=BOOST_RANGE[1], step=0.05,
+                        value=getattr(DEFAULTS, name), visible=False, elem_id=eid(name))
+        for kind, name, text in ((WeightType.PRECISE_STYLE, "style_boost", "Style boost"),
+                                 (WeightType.COMPOSITION_PRECISE, "composition_boost", "Composition boost"))
+    }  # fmt: skip
     type_info = gr.Markdown(DESCRIPTIONS[DEFAULTS.weight_type], elem_id=eid("weight_type_info"))
     redux_row, redux = _redux(eid, label)
     advanced = _advanced(eid, label, is_img2img)
 
     def on_weight_type(kind: str):
         known = kind in {t.value for t in WeightType}
+        chosen = WeightType(kind) if known else None
         return (
-            gr.update(visible=known and WeightType(kind) in USES_COMPOSITION_WEIGHT),
-            DESCRIPTIONS[WeightType(kind)] if known else "",
+            gr.update(visible=chosen in USES_COMPOSITION_WEIGHT),
+            *(gr.update(visible=chosen is boosted) for boosted in boosts),
+            DESCRIPTIONS[chosen] if chosen is not None else "",
         )
 
-    weight_type.change(on_weight_type, inputs=[weight_type], outputs=[composition, type_info])
+    weight_type.change(on_weight_type, inputs=[weight_type], outputs=[composition, *boosts.values(), type_info])
 
     def on_refresh(current_model: str, current_encoder: str):
         hooks.refresh()
@@ -179,9 +193,10 @@ def _unit(
     for component in (model, encoder):
         component.change(hooks.describe, inputs=[model, encoder], outputs=[info])
     model.change(lambda name: gr.update(visible=hooks.is_redux(name)), inputs=[model], outputs=[redux_row])
-    *advanced, from_inpaint, invert, lora, v2 = advanced
+    *advanced, from_inpaint, invert, lora, v2, sharpening, noise_type, noise_blur, composition_image = advanced
     values = [enabled, image, more, model, encoder, weight, start, end, crop, weight_type, composition, *advanced,
-              from_init, from_inpaint, invert, lora, v2, *redux]  # fmt: skip
+              from_init, from_inpaint, invert, lora, v2, *redux, *boosts.values(), sharpening, reference_mask,
+              noise_type, noise_blur, composition_image, per_batch]  # fmt: skip
     return {
         **dict(zip(UNIT_FIELDS, values, strict=True)),
         "info": info,
@@ -223,15 +238,26 @@ def _advanced(eid: Callable[[str], str], label: Callable[[str], str], is_img2img
             mask = mask_input(label("Mask (optional)"), eid("mask"))
         gr.Markdown(HINT, elem_id=eid("mask_hint"))
         with gr.Row():
+            composition_image = gr.Image(label=label("Composition image (optional)"), type="pil",
+                                         elem_id=eid("composition_image"))  # fmt: skip
+            sharpening = gr.Slider(label=label("Sharpening (before encoding)"), minimum=0, maximum=1, step=0.05,
+                                   value=DEFAULTS.sharpening, elem_id=eid("sharpening"))  # fmt: skip
+        with gr.Row():
             from_inpaint = gr.Checkbox(label=label("Use the inpaint mask as the mask"), value=DEFAULTS.mask_from_inpaint,
                                        visible=is_img2img, elem_id=eid("mask_from_inpaint"))  # fmt: skip
             invert = gr.Checkbox(label=label("Invert the mask"), value=DEFAULTS.mask_invert, elem_id=eid("mask_invert"))
         noise = gr.Slider(label=label("Noise (uncond: the negative image, or the references, blended with noise)"),
                           minimum=0, maximum=1, step=0.05, value=DEFAULTS.noise, elem_id=eid("noise"))  # fmt: skip
         with gr.Row():
+            noise_type = gr.Dropdown(label=label("Noise type"), choices=[t.value for t in NoiseType],
+                                     value=DEFAULTS.noise_type.value, elem_id=eid("noise_type"))  # fmt: skip
+            noise_blur = gr.Slider(label=label("Noise blur (pixels)"), minimum=0, maximum=MAX_BLUR, step=1,
+                                   value=DEFAULTS.noise_blur, elem_id=eid("noise_blur"))  # fmt: skip
+        with gr.Row():
             lora = gr.Slider(label=label("FaceID LoRA strength"), minimum=LORA_STRENGTH_RANGE[0],
                              maximum=LORA_STRENGTH_RANGE[1], step=0.05, value=DEFAULTS.lora_strength,
                              elem_id=eid("lora_strength"))  # fmt: skip
             v2 = gr.Slider(label=label("FaceID v2 weight"), minimum=WEIGHT_RANGE[0], maximum=WEIGHT_RANGE[1],
                            step=0.05, value=DEFAULTS.faceid_v2_weight, elem_id=eid("faceid_v2_weight"))  # fmt: skip
-    return [mode, layer_weights, combine, image_weights, negative, noise, mask, from_inpaint, invert, lora, v2]
+    return [mode, layer_weights, combine, image_weights, negative, noise, mask, from_inpaint, invert, lora, v2,
+            sharpening, noise_type, noise_blur, composition_image]  # fmt: skip

@@ -59,9 +59,8 @@ def _untouched(values: dict[str, Any]) -> bool:
     looked at must never stop a generation. Once an image or a model is set, a missing piece is
     an error naming the unit, so a half-configured unit never silently does nothing."""
     has_model = values["model"] not in (None, "", NONE)
-    has_image = any(image_given(values[name]) for name in ("image", "negative_image", "mask")) or bool(
-        values["more_images"]
-    )
+    pictures = ("image", "negative_image", "mask", "reference_mask", "composition_image")
+    has_image = any(image_given(values.get(name)) for name in pictures) or bool(values["more_images"])
     from_img2img = bool(values.get("image_from_init")) or bool(values.get("mask_from_inpaint"))
     return not (has_model or has_image or from_img2img)
 

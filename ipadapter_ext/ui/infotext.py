@@ -13,22 +13,29 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..core.attend.weights import WeightType
 from ..schema import DEFAULTS, IPAdapterUnit
 
 KEY = "IP-Adapter {}"
 _ALWAYS = ("model", "encoder", "weight", "start", "end", "crop", "images")
-_BOOLS = ("image_from_init", "mask_from_inpaint", "mask_invert")  # written as "yes" when on
+_BOOLS = ("image_from_init", "mask_from_inpaint", "mask_invert", "per_batch_image")  # written as "yes" when on
 _OPTIONAL = (
     "weight_type", "composition_weight", "weight_mode", "layer_weights", "combine", "image_weights", "noise",
     "lora_strength", "faceid_v2_weight", *_BOOLS, "redux_strength_mode", "redux_downsample", "redux_downsample_mode",
+    "style_boost", "composition_boost", "sharpening", "noise_type", "noise_blur",
 )  # fmt: skip
-_IMAGES = ("negative_image", "mask")  # written as "yes" when given
-#: Written by the host after preparing the unit, for the reader only (Redux: tokens it added).
-_NOTES = ("context_tokens",)
-_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES, *_NOTES)
-_FLOATS = ("weight", "start", "end", "composition_weight", "noise", "lora_strength", "faceid_v2_weight")
-_INTS = ("redux_downsample",)
-_CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine", "redux_strength_mode", "redux_downsample_mode")
+_IMAGES = ("negative_image", "mask", "reference_mask", "composition_image")  # written as "yes" when given
+#: Written for the reader, not pasted: how a tiled reference was cut ("3 across"); Redux: the
+#: context tokens it added (written by the host after preparing the unit).
+_INFO = ("tiles", "context_tokens")
+_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES, *_INFO)
+_FLOATS = ("weight", "start", "end", "composition_weight", "noise", "lora_strength", "faceid_v2_weight",
+           "style_boost", "composition_boost", "sharpening")  # fmt: skip
+_INTS = ("redux_downsample", "noise_blur")
+_CHOICES = ("encoder", "crop", "weight_type", "weight_mode", "combine", "redux_strength_mode", "redux_downsample_mode",
+            "noise_type")  # fmt: skip
+#: Each boost only means something with its precise weight type, so only then is it written.
+_BOOST_OF = {"style_boost": WeightType.PRECISE_STYLE, "composition_boost": WeightType.COMPOSITION_PRECISE}
 #: The fields a paste restores into the UI (in addition to the unit's enabled box).
 PASTE_FIELDS = ("model", "encoder", "weight", "start", "end", "crop", *_OPTIONAL)
 _SPLIT = re.compile(r", (?=(?:" + "|".join(_FIELDS) + r"): )")
@@ -45,7 +52,14 @@ def _text(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int) -> str:
+def _written(unit: IPAdapterUnit, name: str) -> bool:
+    if name in _BOOST_OF and unit.weight_type is not _BOOST_OF[name]:
+        return False
+    return getattr(unit, name) != getattr(DEFAULTS, name)
+
+
+def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int, tiles: str | None = None) -> str:
+    """``tiles``: how the (first) reference was tiled, for crop "tiles"."""
     model = f"{unit.model} [{model_hash}]" if model_hash else unit.model
     parts = [
         f"model: {model}",
@@ -56,8 +70,10 @@ def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int) -> s
         f"crop: {unit.crop.value}",
         f"images: {'init' if unit.image_from_init else images}",
     ]
-    parts += [f"{n}: {_text(getattr(unit, n))}" for n in _OPTIONAL if getattr(unit, n) != getattr(DEFAULTS, n)]
-    parts += [f"{n}: yes" for n in _IMAGES if getattr(unit, n) is not None]
+    parts += [f"{n}: {_text(getattr(unit, n))}" for n in _OPTIONAL if _written(unit, n)]
+    parts += [f"{n}: yes" for n in _IMAGES if getattr(unit, n) not in (None, "")]
+    if tiles is not None:
+        parts.append(f"tiles: {tiles}")
     return ", ".join(parts)
 
 
@@ -83,9 +99,11 @@ def parse_unit_infotext(text: str) -> dict[str, Any]:
         except (KeyError, ValueError):
             continue
     for name in _INTS:
-        if values.get(name, "").isdigit():
+        try:
             out[name] = int(values[name])
-    for name in (*_CHOICES, "layer_weights", "image_weights"):
+        except (KeyError, ValueError):
+            continue
+    for name in (*_CHOICES, "layer_weights", "image_weights", *_INFO):
         if name in values:
             out[name] = values[name]
     if "images" in values and values["images"].isdigit():
@@ -110,6 +128,9 @@ def paste_value(fields: dict[str, Any], name: str) -> Any:
     pasted without, say, a weight type must not keep the one left in the UI)."""
     if name in fields:
         return fields[name]
+    if name == "style_boost" and fields.get("weight_type") == WeightType.PRECISE_STYLE.value:
+        # written before style_boost existed: precise style's boost was the composition weight
+        return fields.get("composition_weight", DEFAULTS.style_boost)
     if name in _OPTIONAL:
         default = getattr(DEFAULTS, name)
         if name in _FLOATS or name in _BOOLS or name in _INTS:
@@ -122,8 +143,10 @@ def paste_notice(fields: dict[str, Any]) -> str:
     if fields.get("image_from_init"):
         return "⚠ Settings restored from PNG info; the reference is the img2img input."
     n = fields.get("images", 1)
-    extra = [
-        label for name, label in (("negative_image", "the negative image"), ("mask", "the mask")) if fields.get(name)
-    ]
+    labels = (
+        ("negative_image", "the negative image"), ("mask", "the mask"), ("reference_mask", "the reference mask"),
+        ("composition_image", "the composition image"),
+    )  # fmt: skip
+    extra = [label for name, label in labels if fields.get(name)]
     also = f" Add {' and '.join(extra)} again too." if extra else ""
     return f"⚠ Settings restored from PNG info; drop the reference image{'s' if n != 1 else ''} again ({n}).{also}"

@@ -30,6 +30,14 @@ UNIT_FIELDS = (
     "redux_strength_mode",
     "redux_downsample",
     "redux_downsample_mode",
+    "style_boost",
+    "composition_boost",
+    "sharpening",
+    "reference_mask",
+    "noise_type",
+    "noise_blur",
+    "composition_image",
+    "per_batch_image",
 )
 #: Dropdown entry meaning "no model chosen".
 NONE = "None"

@@ -16,6 +16,10 @@ HINT = (
     "Optional. White is where this unit acts. Upload a black-and-white mask, or upload any picture of "
     "the output's shape and paint over the area; the mask is stretched to the output."
 )
+REFERENCE_MASK_HINT = (
+    "Optional. Use only part of the reference: upload the reference (or a black-and-white mask of it) and paint "
+    "over the part to use. The rest is blanked before encoding. Not where the unit acts: that is the Mask below."
+)
 
 
 def gradio_major() -> int:

@@ -137,7 +137,13 @@ class Sampler:
             args = self.sampler_extra_args
             try:
                 denoised = self.denoiser.forward(
-                    x, sigma, args["uncond"], args["cond"], self.p.repeats, skip_uncond=skip
+                    x,
+                    sigma,
+                    args["uncond"],
+                    args["cond"],
+                    self.p.repeats,
+                    cond_scale=self.p.cfg_scale,
+                    skip_uncond=skip,
                 )
             except InterruptedException:  # launch_sampling: the last latent is the result
                 return x
@@ -181,9 +187,17 @@ class Processing:
     samplers: list = field(default_factory=list)
     extra_generation_params: dict = field(default_factory=dict)
     seed: int = 0
+    #: This batch's seed per image (processing.py sets ``p.seeds`` before each batch; by default
+    #: ``seed + i``, as ``all_seeds`` is made without subseeds).
+    seeds: list = field(default_factory=list)
+    cfg_scale: float = 5.0
     is_api: bool = False  # set by modules/api/api.py for API requests
     iteration: int = 0  # the batch iteration (n_iter) being generated
     processed: object = None  # what postprocess received (set by run_job)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            self.seeds = [self.seed + i for i in range(self.batch_size)]
 
     @property
     def batch_size(self) -> int:

@@ -381,3 +381,24 @@ def test_a_redux_model_shows_its_controls(page, webui, artifacts):
     finally:
         added.unlink(missing_ok=True)
         webui.client.get("/ipadapter/v1/models?refresh=true")
+
+
+def test_a_tiled_unit_with_a_reference_mask_through_the_page(page, model, tmp_path_factory):
+    """Crop "tiles" and a reference mask set in the page reach the generation (its infotext)."""
+    import base64
+
+    from .test_webui_craft import grey_mask, wide_reference
+
+    folder = tmp_path_factory.mktemp("craft")
+    wide, keep = folder / "wide.png", folder / "keep.png"
+    wide.write_bytes(base64.b64decode(wide_reference()))
+    keep.write_bytes(base64.b64decode(grey_mask((210, 90), 0.6)))
+    small_job(page, "txt2img")
+    set_up_unit_1(page, "txt2img", model, wide)
+    page.choose(page.uid("txt2img", 1, "crop"), "tiles")
+    box = page.uid("txt2img", 1, "reference_mask")
+    page.upload(box, keep)
+    page.wait(lambda: page.find_all(f"{box} img, {box} canvas"), "the reference mask to show")
+    info = page.generate("txt2img").replace("\n", " ")
+    assert "crop: tiles" in info and "tiles: 3 across" in info, info
+    assert "reference_mask: yes" in info, info

@@ -70,9 +70,14 @@ class ImageKV:
     v: torch.Tensor
     weight: float
     scaler: _Scaler = _v_only
-    mask: torch.Tensor | None = None  # [1, 1, N, 1]: scales the term per spatial token (regions)
+    #: Scales the term per spatial token: [1, 1, N, 1] (regions); with groups, [G, N] (each
+    #: group's band, times the region), and then required.
+    mask: torch.Tensor | None = None
     #: Called with the term's output [B, heads, N, d] after the mask (attention maps); must not modify it.
     record: Callable[[torch.Tensor], None] | None = None
+    #: The tokens are G groups of T side by side (a tiled reference), each with its own softmax and
+    #: its own row of ``mask``; all groups go through one attention call.
+    groups: int = 1
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -115,15 +120,42 @@ def sum_image_terms(qh: torch.Tensor, terms: Iterable[ImageKV]) -> torch.Tensor 
             continue
         # K/V follow the query: a host may run the UNet elsewhere than where they were built
         # (A1111's --medvram/--lowvram move it in forward pre-hooks). No copy when they match.
-        k = term.k.to(device=qh.device, dtype=qh.dtype)
-        v = term.v.to(device=qh.device, dtype=qh.dtype)
-        k, v = term.scaler(k, v, term.weight)
-        out = F.scaled_dot_product_attention(
-            qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
-        )
-        if term.mask is not None:
-            out = out * term.mask.to(device=out.device, dtype=out.dtype)
+        if term.groups > 1:
+            out = _grouped_term(qh, term)
+        else:
+            k = term.k.to(device=qh.device, dtype=qh.dtype)
+            v = term.v.to(device=qh.device, dtype=qh.dtype)
+            k, v = term.scaler(k, v, term.weight)
+            out = F.scaled_dot_product_attention(
+                qh, _split_heads(k.expand(b, -1, -1), heads), _split_heads(v.expand(b, -1, -1), heads)
+            )
+            if term.mask is not None:
+                out = out * term.mask.to(device=out.device, dtype=out.dtype)
         if term.record is not None:
             term.record(out)
         acc = out if acc is None else acc + out
     return acc
+
+
+def _group_heads(t: torch.Tensor, b: int, groups: int, heads: int) -> torch.Tensor:
+    """[B or 1, G, T, heads·d] → [B, G·heads, T, d]: each group becomes ``heads`` more heads."""
+    rows, _, tokens, inner = t.shape
+    t = t.view(rows, groups, tokens, heads, inner // heads).permute(0, 1, 3, 2, 4)
+    return t.expand(b, -1, -1, -1, -1).reshape(b, groups * heads, tokens, inner // heads)
+
+
+def _grouped_term(qh: torch.Tensor, term: ImageKV) -> torch.Tensor:
+    """``Σ_g mask_g · Attn(q, K_g, V_g)`` in one attention call: the groups are stacked as extra
+    heads (the query repeated once per group), so every group has its own softmax, as if each tile
+    were its own unit, without a kernel launch per group. The weight mode scales each group alone
+    (K+mean(V) takes the mean over the group's tokens)."""
+    b, heads, n, d = qh.shape
+    g = term.groups
+    if term.mask is None or term.mask.shape != (g, n):
+        raise ValueError(f"a term of {g} token groups needs a [{g}, {n}] mask")
+    rows, tokens, inner = term.k.shape
+    k, v = (t.to(device=qh.device, dtype=qh.dtype).view(rows, g, tokens // g, inner) for t in (term.k, term.v))
+    k, v = term.scaler(k, v, term.weight)
+    q = qh.unsqueeze(1).expand(b, g, heads, n, d).reshape(b, g * heads, n, d)
+    out = F.scaled_dot_product_attention(q, _group_heads(k, b, g, heads), _group_heads(v, b, g, heads))
+    return torch.einsum("bghnd,gn->bhnd", out.view(b, g, heads, n, d), term.mask.to(device=out.device, dtype=out.dtype))

@@ -152,10 +152,39 @@ def _text(font: object, text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
-def render(image: Image.Image, heat: torch.Tensor, label: str) -> Image.Image:
+def band_borders(axis: str, bands: Sequence[tuple[float, float]]) -> list[float]:
+    """Where one tile's band hands over to the next, as fractions along ``axis``: the middle of
+    each overlap (or the shared edge)."""
+    return [(bands[i][1] + bands[i + 1][0]) / 2 for i in range(len(bands) - 1)] if axis in ("x", "y") else []
+
+
+def _draw_bands(draw: ImageDraw.ImageDraw, size: tuple[int, int], axis: str, bands, font) -> None:
+    """Dashed lines between a tiled unit's bands and a "tile i" tag in each."""
+    width, height = size
+    edges = [0.0, *band_borders(axis, bands), 1.0]
+    for edge in edges[1:-1]:
+        for start in range(0, height if axis == "x" else width, 8):
+            end = start + 4
+            if axis == "x":
+                x = round(edge * width)
+                draw.line([(x, start), (x, min(end, height))], fill=(255, 255, 255), width=1)
+            else:
+                y = round(edge * height)
+                draw.line([(start, y), (min(end, width), y)], fill=(255, 255, 255), width=1)
+    for i in range(len(edges) - 1):
+        mid = (edges[i] + edges[i + 1]) / 2
+        at = (round(mid * width) - 12, 4) if axis == "x" else (4, round(mid * height) - 6)
+        draw.text(at, _text(font, f"tile {i + 1}"), fill=(255, 255, 255), font=font, stroke_width=1,
+                  stroke_fill=(0, 0, 0))  # fmt: skip
+
+
+def render(
+    image: Image.Image, heat: torch.Tensor, label: str, bands: tuple[str, Sequence[tuple[float, float]]] | None = None
+) -> Image.Image:
     """``heat`` [rows, cols] in [0, 1] (see :func:`normalise`) over ``image``, with a legend strip
     below: the label, and a colour bar from 0 to the max shared by all units of the generation.
-    An all-zero ``heat`` gives the image dimmed, the label and "no influence"."""
+    An all-zero ``heat`` gives the image dimmed, the label and "no influence". ``bands`` (a tiled
+    unit's axis and tile bands) draws where each tile's band lies."""
     base = image.convert("RGB")
     width, height = base.size
     heat = heat.detach().float().cpu().nan_to_num(0.0).clamp(0.0, 1.0)
@@ -176,6 +205,8 @@ def render(image: Image.Image, heat: torch.Tensor, label: str) -> Image.Image:
     canvas = Image.new("RGB", (width, height + 2 * line + 2 * pad), (24, 24, 24))
     canvas.paste(Image.fromarray(blended.round_().clamp_(0, 255).to(torch.uint8).numpy()), (0, 0))
     draw = ImageDraw.Draw(canvas)
+    if bands is not None and not blank:
+        _draw_bands(draw, (width, height), bands[0], bands[1], font)
     y = height + pad
     draw.text((pad, y - top), _text(font, label), fill=(255, 255, 255), font=font)
     y += line

@@ -9,11 +9,17 @@ skipped uncond, hires pass).
 "Precise" weight types swap the branches on some layers: there the uncond rows see the
 reference and the cond rows zero tokens, whose K and V are exactly zero (the projections have no
 bias), so the cond rows get no image term while CFG pushes away from the reference.
+
+Tokens may come in *groups* (a tiled reference: one group per tile, each under its own band of
+the output): the groups lie side by side along the token axis, ``G·T`` tokens, and the attention
+takes a softmax per group. A second token set may replace the cond tokens on some layers (the
+composition image, on the composition block); each layer knows its own group count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -23,11 +29,40 @@ from ..load.adapter import IPAdapterModel
 MAX_LAYOUTS = 8
 
 
+@dataclass(frozen=True)
+class TokenSet:
+    """Cond and uncond image tokens, [n or 1, G·T, ctx] each, in ``groups`` groups of T tokens."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    groups: int = 1
+
+    @property
+    def rows(self) -> int:
+        return max(int(self.cond.shape[0]), int(self.uncond.shape[0]))
+
+
+def _stacked(tokens: TokenSet, n: int) -> torch.Tensor:
+    """[2n, G·T, ctx]: rows [0, n) uncond, [n, 2n) cond, each side expanded to ``n`` rows."""
+    cond, uncond = tokens.cond, tokens.uncond
+    if uncond.shape[1] != cond.shape[1]:
+        # Attention over k copies of the same tokens equals attention over one copy, so a
+        # single negative image can stand against several concatenated references.
+        if tokens.groups != 1 or cond.shape[1] % uncond.shape[1]:
+            raise ValueError(f"uncond tokens ({uncond.shape[1]}) do not divide cond tokens ({cond.shape[1]})")
+        uncond = uncond.repeat(1, cond.shape[1] // uncond.shape[1], 1)
+    for side in (cond, uncond):
+        if side.shape[0] not in (1, n):
+            raise ValueError(f"a token side has {side.shape[0]} rows; expected 1 or {n}")
+    return torch.cat((uncond.expand(n, -1, -1), cond.expand(n, -1, -1)), dim=0)
+
+
 class UnitKV:
     """K/V for every layer, stacked as rows [0, n) = uncond, [n, 2n) = cond (then one zero row
-    when swapped layers exist), where n is the number of per-image references: 1 normally; the
-    batch size when each generated image has its own reference (img2img with several init
-    images as the references), so row ``n + i`` is image i's cond."""
+    when the layer is swapped), where n is the number of per-image references: 1 normally; the
+    batch size when each generated image has its own reference or its own uncond (img2img with
+    several init images as the references, ``per_batch_image``, noise seeded per image), so row
+    ``n + i`` is image i's cond."""
 
     def __init__(
         self,
@@ -38,18 +73,23 @@ class UnitKV:
         dtype: torch.dtype,
         swapped: Sequence[bool] = (),
         head_dim: int = 0,  # the transformer's head width: InstantX normalises its keys per head
+        *,
+        groups: int = 1,
+        alt: TokenSet | None = None,
+        alt_layers: Collection[int] = (),
     ) -> None:
-        if uncond.shape[1] != cond.shape[1]:
-            # Attention over k copies of the same tokens equals attention over one copy, so a
-            # single negative image can stand against several concatenated references.
-            if cond.shape[1] % uncond.shape[1]:
-                raise ValueError(f"uncond tokens ({uncond.shape[1]}) do not divide cond tokens ({cond.shape[1]})")
-            uncond = uncond.repeat(1, cond.shape[1] // uncond.shape[1], 1)
-        if uncond.shape[0] != cond.shape[0]:
-            uncond = uncond.expand(cond.shape[0], -1, -1)
-        self.per_image = int(cond.shape[0])
-        tokens = torch.cat((uncond, cond), dim=0)  # [2n, T, ctx]
+        main = TokenSet(cond, uncond, groups)
+        alt_layers = sorted(set(alt_layers)) if alt is not None else []
+        self.per_image = max(main.rows, alt.rows if alt is not None else 1)
+        n = self.per_image
+        tokens = _stacked(main, n)
         self.kv = adapter.layer_kv(tokens, device, dtype, head_dim=head_dim)
+        self.groups = [groups] * len(self.kv)
+        if alt is not None and alt_layers:
+            alt_kv = adapter.layer_kv(_stacked(alt, n), device, dtype, alt_layers, head_dim=head_dim)
+            for layer, kv in zip(alt_layers, alt_kv, strict=True):
+                self.kv[layer] = kv
+                self.groups[layer] = alt.groups
         self.swapped = tuple(bool(s) for s in swapped) or (False,) * len(self.kv)
         if any(self.swapped):
             self.kv = [
@@ -57,7 +97,7 @@ class UnitKV:
                 for (k, v), swap in zip(self.kv, self.swapped, strict=True)
             ]
         self.num_tokens = tokens.shape[1]
-        self._layouts: list[dict[tuple[bool, ...], tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in self.kv]
+        self._layouts: list[dict[tuple, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in self.kv]
 
     def __len__(self) -> int:
         return len(self.kv)

@@ -10,8 +10,10 @@ Two kinds of preset exist:
 
 * shape presets scale ``weight`` by a factor per transformer (ease curves, weak/strong blocks);
 * style/composition presets (InstantStyle) select transformers: layers not listed add nothing.
-  "Precise" presets also *swap* the reference into the uncond branch on the layout layers, so
-  CFG steers away from the reference's layout there.
+  "Precise" presets also *swap* the reference into the uncond branch on their "negative" layers
+  (the layout layers for precise style transfer, every other layer for composition precise), so
+  CFG steers away from what those layers carry. How strongly is the type's *boost*
+  (``style_boost``, ``composition_boost``), with ComfyUI_IPAdapter_plus's defaults.
 """
 
 from __future__ import annotations
@@ -39,12 +41,18 @@ class WeightType(str, Enum):
     STYLE_AND_COMPOSITION = "style and composition"
     STRONG_STYLE_AND_COMPOSITION = "strong style and composition"
     PRECISE_STYLE = "precise style transfer"
+    COMPOSITION_PRECISE = "composition precise"
 
 
 #: Weight types whose composition layers use ``composition_weight`` instead of ``weight``.
-USES_COMPOSITION_WEIGHT = frozenset(
-    {WeightType.STYLE_AND_COMPOSITION, WeightType.STRONG_STYLE_AND_COMPOSITION, WeightType.PRECISE_STYLE}
-)
+USES_COMPOSITION_WEIGHT = frozenset({WeightType.STYLE_AND_COMPOSITION, WeightType.STRONG_STYLE_AND_COMPOSITION})
+#: The precise types and the unit field that sets the weight of their negative (swapped) layers.
+BOOST_FIELDS = {WeightType.PRECISE_STYLE: "style_boost", WeightType.COMPOSITION_PRECISE: "composition_boost"}
+#: ComfyUI_IPAdapter_plus's defaults (its Precise Style Transfer and Precise Composition nodes).
+STYLE_BOOST_DEFAULT, COMPOSITION_BOOST_DEFAULT = 1.0, 0.0
+BOOST_RANGE = (-5.0, 5.0)
+#: composition precise: the share of the boost on the negative layers that carry neither style nor layout.
+_MINOR_NEGATIVE = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,18 @@ _FAMILIES = {f.transformers: f for f in (_SD15, _SDXL)}
 
 def _family(blocks: Sequence[str]) -> _Family | None:
     return _FAMILIES.get(len(blocks))
+
+
+def composition_transformers(blocks: Sequence[str]) -> frozenset[int]:
+    """The layout ("composition") transformers of an SD1.x or SDXL UNet: where a composition image
+    acts. Other UNets have none known."""
+    family = _family(blocks)
+    if family is None:
+        raise IPAdapterError(
+            f"a composition image needs an SD1.x (16 transformers) or SDXL (11) UNet, whose layout block is known; "
+            f"this one has {len(blocks)}."
+        )
+    return frozenset(family.composition)
 
 
 @dataclass(frozen=True)
@@ -105,12 +125,16 @@ def transformer_weights(
     blocks: Sequence[str],
     composition_weight: float | None = None,
     layer_weights: Sequence[float] | None = None,
+    *,
+    style_boost: float = STYLE_BOOST_DEFAULT,
+    composition_boost: float = COMPOSITION_BOOST_DEFAULT,
 ) -> TransformerWeights:
     """The weight of each transformer for a unit.
 
     ``blocks`` names the block ("input", "middle", "output") of each transformer in execution
     order. ``layer_weights`` (one factor per transformer) replaces the preset's factors; the main
-    weight still multiplies them, and a precise type still swaps its layers.
+    weight still multiplies them, and a precise type still swaps its layers. The boosts are the
+    weights of the precise types' swapped layers.
     """
     kind = WeightType(kind)
     n = len(blocks)
@@ -125,9 +149,11 @@ def transformer_weights(
                 f"the weight type '{kind.value}' needs an SD1.x (16 transformers) or SDXL (11) UNet; this one "
                 f"has {n}. Use a shape weight type such as 'linear', or give layer_weights."
             )
-        factors = _selection(kind, family, weight, wc)
+        factors = _selection(kind, family, weight, wc, style_boost, composition_boost)
         if kind is WeightType.PRECISE_STYLE:
             swapped = frozenset(family.composition)
+        elif kind is WeightType.COMPOSITION_PRECISE:
+            swapped = frozenset(range(n)) - set(family.composition)
     if layer_weights is not None:
         if len(layer_weights) != n:
             raise IPAdapterError(
@@ -150,10 +176,18 @@ _SHAPES = (
 )
 
 
-def _selection(kind: WeightType, family: _Family, w: float, wc: float) -> list[float]:
+def _selection(kind: WeightType, family: _Family, w: float, wc: float, sb: float, cb: float) -> list[float]:
     """The InstantStyle-type presets: a weight on the chosen transformers, 0 elsewhere."""
     n = family.transformers
     out = [0.0] * n
+    if kind is WeightType.COMPOSITION_PRECISE:
+        # the layout layers at the weight; every other layer is negative: the style layers at the
+        # boost, the rest at a tenth of it (SD1.x's middle and first output blocks; SDXL's others)
+        for t in range(n):
+            out[t] = cb if t in family.style else _MINOR_NEGATIVE * cb
+        for t, f in family.composition.items():
+            out[t] = f * w
+        return out
     style_layers = {
         WeightType.STYLE: family.style,
         WeightType.STYLE_AND_COMPOSITION: family.style,
@@ -169,9 +203,12 @@ def _selection(kind: WeightType, family: _Family, w: float, wc: float) -> list[f
     elif kind is WeightType.STRONG_STYLE_AND_COMPOSITION:
         for t in family.composition:  # the strong variant drops SD1.x's 0.25
             out[t] = wc
-    elif kind in (WeightType.STYLE_AND_COMPOSITION, WeightType.PRECISE_STYLE):
+    elif kind is WeightType.STYLE_AND_COMPOSITION:
         for t, f in family.composition.items():
             out[t] = f * wc
+    elif kind is WeightType.PRECISE_STYLE:
+        for t, f in family.composition.items():
+            out[t] = f * sb
     return out
 
 
@@ -193,5 +230,7 @@ DESCRIPTIONS: dict[WeightType, str] = {
     "e.g. one reference's style with another unit's layout.",
     WeightType.STRONG_STYLE_AND_COMPOSITION: "Every layer at the weight, the layout layers at the composition weight.",
     WeightType.PRECISE_STYLE: "Style layers as in style transfer, and the reference moved to the negative side on the "
-    "layout layers, so its layout is actively avoided (composition weight sets how strongly).",
+    "layout layers, so its layout is actively avoided (style boost sets how strongly; SDXL: start at 2).",
+    WeightType.COMPOSITION_PRECISE: "Layout layers at the weight, and the reference moved to the negative side on every "
+    "other layer, so its style is actively avoided (composition boost sets how strongly; start at 0.3).",
 }

@@ -3,7 +3,9 @@
 The ``center`` mode reproduces ``CLIPImageProcessor``'s defaults exactly (shortest edge to the
 encoder size with PIL bicubic, centre crop with the same rounding, ×1/255, OpenAI mean/std), so
 embeddings match every other IP-Adapter implementation. The other modes exist because a centre
-crop silently drops the edges of wide or tall references, the most common surprise users report.
+crop silently drops the edges of wide or tall references, the most common surprise users report;
+``tiles`` keeps all of a reference (:mod:`.tiles`). The geometry works on masks too (mode "L"),
+so a reference mask is cut exactly as its image.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CropMode(str, Enum):
     RIGHT = "right"
     PAD = "pad"
     SQUASH = "squash"
+    TILES = "tiles"  # square tiles along the long side, each its own token group (see tiles.py)
 
 
 # Where the crop window sits along the long side: 0 = start, 0.5 = centre, 1 = end.
@@ -77,9 +80,25 @@ def _crop(image: Image.Image, size: int, anchor: tuple[float, float]) -> Image.I
 def _pad_square(image: Image.Image, colour: tuple[int, ...] = PAD_COLOUR) -> Image.Image:
     w, h = image.size
     side = max(w, h)
-    canvas = Image.new("RGB", (side, side), colour)
+    canvas = Image.new(image.mode, (side, side), colour if image.mode == "RGB" else 0)
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
     return canvas
+
+
+def fit_square(
+    image: Image.Image, size: int, crop: CropMode | str = CropMode.CENTER, pad: tuple[int, ...] = PAD_COLOUR
+) -> Image.Image:
+    """``image`` (RGB, or a mask in mode "L") resized and cropped to ``size``×``size`` by ``crop``
+    (one of the single-view modes; ``tiles`` is :func:`.tiles.cut_tiles`); ``pad`` is the
+    letterbox colour of RGB images."""
+    mode = CropMode(crop)
+    if mode is CropMode.TILES:
+        raise ValueError("the 'tiles' crop gives several views: use tiles.plan_tiles and tiles.cut_tiles")
+    if mode is CropMode.SQUASH:
+        return image.resize((size, size), resample=Image.BICUBIC)
+    if mode is CropMode.PAD:
+        return _pad_square(image, pad).resize((size, size), resample=Image.BICUBIC)
+    return _crop(_resize_shortest(image, size), size, _ANCHORS[mode])
 
 
 def prepare_image(
@@ -90,13 +109,31 @@ def prepare_image(
 ) -> Image.Image:
     """Resize and crop to ``size``×``size`` according to ``crop`` (``pad``: the letterbox colour).
     ``squash`` is exactly SigLIP's own processor (a bicubic resize to the square, no crop)."""
-    mode = CropMode(crop)
-    image = to_rgb_image(image)
-    if mode is CropMode.SQUASH:
-        return image.resize((size, size), resample=Image.BICUBIC)
-    if mode is CropMode.PAD:
-        return _pad_square(image, pad).resize((size, size), resample=Image.BICUBIC)
-    return _crop(_resize_shortest(image, size), size, _ANCHORS[mode])
+    return fit_square(to_rgb_image(image), size, crop, pad)
+
+
+def colour_values(image: Image.Image) -> torch.Tensor:
+    """RGB image → [3, H, W] float32 in [0, 1] (the processor's ×1/255)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray((arr * (1 / 255)).astype(np.float32).transpose(2, 0, 1)))
+
+
+def normalise_colour(
+    colour: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> torch.Tensor:
+    """[..., 3, H, W] colour in [0, 1] → the encoder's normalised pixel values (CLIP's by default)."""
+    m = torch.tensor(mean, dtype=colour.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=colour.dtype).view(3, 1, 1)
+    return (colour - m) / s
+
+
+def colour_of(
+    pixels: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
+) -> torch.Tensor:
+    """Normalised pixel values [..., 3, H, W] → colour, clamped to [0, 1]."""
+    m = torch.tensor(mean, dtype=pixels.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=pixels.dtype).view(3, 1, 1)
+    return (pixels * s + m).clamp(0, 1)
 
 
 def normalise(

@@ -13,6 +13,7 @@ the WebUI.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -146,19 +147,21 @@ class IPAdapterModel:
         tokens: torch.Tensor,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        layers: Sequence[int] | None = None,
         head_dim: int = 0,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, ``(tokens · W_kᵀ [+ b_k], tokens · W_vᵀ [+ b_v])`` on ``device`` in ``dtype``
-        (default: the weights'). Each weight visits the device only for its own product. For
-        InstantX the keys are then RMS-normalised over each head of ``head_dim`` (the
-        transformer's), in fp32 before the cast to ``dtype``."""
+        """Per layer (every layer, or those in ``layers``), ``(tokens · W_kᵀ [+ b_k], tokens · W_vᵀ
+        [+ b_v])`` on ``device`` in ``dtype`` (default: the weights'). Each weight visits the device
+        only for its own product. For InstantX the keys are then RMS-normalised over each head of
+        ``head_dim`` (the transformer's), in fp32 before the cast to ``dtype``."""
         if self.normalises_keys and head_dim <= 0:
             raise ValueError(f"{self.name}: its keys are normalised per head; the transformer's head width is needed")
         out = []
         n = len(self.to_k)
         bias_k = self.to_k_bias or [None] * n
         bias_v = self.to_v_bias or [None] * n
-        for wk, wv, bk, bv in zip(self.to_k, self.to_v, bias_k, bias_v, strict=True):
+        chosen = range(n) if layers is None else layers
+        for wk, wv, bk, bv in ((self.to_k[i], self.to_v[i], bias_k[i], bias_v[i]) for i in chosen):
             wk = wk.to(device=device or wk.device, dtype=dtype or wk.dtype)
             wv = wv.to(device=device or wv.device, dtype=dtype or wv.dtype)
             bk = None if bk is None else bk.to(device=wk.device, dtype=wk.dtype)

@@ -68,6 +68,7 @@ VARIANTS: dict[str, tuple[str, ProjectionKind]] = {
     "light": ("IP-Adapter Light", ProjectionKind.IMAGE),
     "plus": ("IP-Adapter Plus", ProjectionKind.RESAMPLER),
     "plus-face": ("IP-Adapter Plus Face", ProjectionKind.RESAMPLER),
+    "plus-composition": ("IP Composition Adapter (ostris)", ProjectionKind.RESAMPLER),
     "portrait-unnorm": ("IP-Adapter FaceID Portrait (unnorm)", ProjectionKind.RESAMPLER),
     "instantid": ("InstantID (IP part)", ProjectionKind.RESAMPLER),
     "full-face": ("IP-Adapter Full Face", ProjectionKind.FULL),
@@ -85,7 +86,10 @@ FLUX_VARIANTS = frozenset({"xlabs-flux", "instantx-flux", "flux-redux"})
 #: File-name hints, consulted only among variants whose tensors are identical.
 _NAME_HINTS: dict[ProjectionKind, tuple[tuple[str, str], ...]] = {
     ProjectionKind.IMAGE: (("light", "light"),),
-    ProjectionKind.RESAMPLER: (("face", "plus-face"),),
+    ProjectionKind.RESAMPLER: (
+        ("composition", "plus-composition"),  # ostris' ip_plus_composition_sd15/_sdxl
+        ("face", "plus-face"),
+    ),
     ProjectionKind.FACEID_PLUS: (("v2", "faceid-plusv2"),),
 }
 _DEFAULT_VARIANT = {
@@ -104,6 +108,9 @@ _FACE_RESAMPLER_HINTS = (("unnorm", "portrait-unnorm"), ("portrait", "portrait-u
 _FACE_RESAMPLER_NAMES = ("unnorm", "instant")
 #: The face analysis pack each face variant was trained on, where it is not the chosen one.
 FACE_PACK_BY_VARIANT = {"instantid": "antelopev2"}
+_PURPOSES = {
+    "plus-composition": "composition adapter: transfers the layout, not the style or content",
+}
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,8 @@ class AdapterInfo:
     params: Mapping[str, int] = field(default_factory=dict)  # projection hyper-parameters
     #: The model family it attaches to: "sd" (UNet cross-attention) or "flux" (double-stream blocks).
     arch: str = "sd"
+    #: The variant was told from the file name: its tensors are those of the kind's default variant.
+    by_name: bool = False
 
     @property
     def name(self) -> str:
@@ -216,7 +225,16 @@ class AdapterInfo:
                 " · acts fully only with the InstantID IdentityNet ControlNet beside it (ControlNet's two-unit "
                 "InstantID set-up); alone it adds the face tokens only"
             )
+        if self.purpose:
+            text += f" · {self.purpose}"
+        if self.by_name:
+            text += " · variant told by the file name (its tensors alone fit other variants too)"
         return text
+
+    @property
+    def purpose(self) -> str:
+        """What the adapter transfers, where its variant says so (for the model line)."""
+        return _PURPOSES.get(self.variant, "")
 
 
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_k_ip\.weight$")
@@ -326,7 +344,8 @@ def _requirement(kind: ProjectionKind, variant: str, params: Mapping[str, int]) 
     return EncoderRequirement(EncoderOutput.FACE, params["id_dim"])
 
 
-def _variant(kind: ProjectionKind, filename: str, override: str | None, face_input: bool = False) -> str:
+def _variant(kind: ProjectionKind, filename: str, override: str | None, face_input: bool = False) -> tuple[str, bool]:
+    """(variant, whether the file name decided it)."""
     if override:
         override = override.strip().lower()
         if override not in VARIANTS:
@@ -346,14 +365,15 @@ def _variant(kind: ProjectionKind, filename: str, override: str | None, face_inp
                 f"{filename}: the tensors are a {kind.value} projection, so it cannot be "
                 f"'{override}'. Variants that fit this file: {fits}."
             )
-        return override
+        return override, False
     stem = filename.lower()
     if face_input:
-        return next((v for needle, v in _FACE_RESAMPLER_HINTS if needle in stem), "instantid")
+        named = next((v for needle, v in _FACE_RESAMPLER_HINTS if needle in stem), None)
+        return (named, True) if named else ("instantid", False)
     for needle, variant in _NAME_HINTS.get(kind, ()):
         if needle in stem:
-            return variant
-    return _DEFAULT_VARIANT[kind]
+            return variant, True
+    return _DEFAULT_VARIANT[kind], False
 
 
 def _flux_variant(shapes: Mapping[str, Shape]) -> str | None:
@@ -433,7 +453,7 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
         params["in_dim"] == FACE_EMBED_WIDTH
         or (params["in_dim"] not in KNOWN_HIDDEN and any(n in filename.lower() for n in _FACE_RESAMPLER_NAMES))
     )
-    variant = _variant(kind, filename, override, face_input)
+    variant, by_name = _variant(kind, filename, override, face_input)
     tokens: int | None = params.get("tokens")
     if kind is ProjectionKind.FULL:
         # ViT-H/14 and ViT-bigG/14 at 224 px give 256 patches + CLS; other encoders vary.
@@ -447,4 +467,5 @@ def detect_adapter(shapes: Mapping[str, Shape], filename: str = "adapter", overr
         encoder=_requirement(kind, variant, params),
         has_lora=has_lora,
         params=params,
+        by_name=by_name,
     )

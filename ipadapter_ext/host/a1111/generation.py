@@ -63,7 +63,8 @@ class GenerationState(StateBase):
         """Prepare (or reuse) the job for the UNet about to sample, and attach it."""
         unet, modules, signature = unet_layout(sd_model)
         place = placement(sd_model, unet)
-        key = (signature, place.device, place.dtype)
+        requests, seeds = self.prepared_requests()
+        key = (signature, place.device, place.dtype, seeds)
         if self.job is not None and key != self.key and (problem := self.fits(signature)) is not None:
             # A later pass on another model than the one the units were prepared for: the refiner
             # (or a hires checkpoint) is still loaded. Like a refiner switch, not an error.
@@ -73,7 +74,8 @@ class GenerationState(StateBase):
         if self.job is None or key != self.key:
             if self.job is not None:
                 self.job.detach()
-            self.job = engine().prepare(self.requests, signature, place)
+                self.count_job()
+            self.job = engine().prepare(requests, signature, place)
             self.key = key
             _live_jobs.add(self.job)
         self.job.attach(unet, modules)
@@ -105,6 +107,12 @@ class GenerationState(StateBase):
         if self.job is not None:
             self.job.detach()
 
+    def count_job(self) -> None:
+        """Fold the job's step counts into the generation's (a new batch may bring a new job)."""
+        if self.job is not None:
+            self.count_uncond(self.job.steps_seen, self.job.uncond_skipped_steps)
+            self.job.steps_seen = self.job.uncond_skipped_steps = 0
+
     def end_pass(self, p: Any) -> None:
         self.detach()
         self.keep_maps(p)
@@ -125,6 +133,7 @@ def before_sampling(p: Any) -> None:
     if state.skip_hires(p):
         state.detach()
         return
+    state.take_seeds(p)
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.ensure_job(p.sd_model))
     state.check_double_lora(p)
 
@@ -148,6 +157,8 @@ def postprocess(p: Any, processed: Any = None) -> None:
     state: GenerationState | None = get_state(p)
     if state is not None:
         state.detach()
+        state.count_job()
+        state.note_precise(p)
         if processed is not None:
             append_maps(p, processed, state)
             append_faces(processed, state)

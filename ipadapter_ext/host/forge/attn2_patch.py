@@ -97,6 +97,21 @@ class ForgeRun:
     per_image_refs: bool = False  # a unit has a reference per generated image
     _warned: bool = False
     chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
+    #: Per denoiser step (its progress): whether any UNet call of it ran uncond rows.
+    uncond_by_step: dict[float, bool] = field(default_factory=dict)
+
+    @property
+    def steps_seen(self) -> int:
+        return len(self.uncond_by_step)
+
+    @property
+    def uncond_skipped_steps(self) -> int:
+        return sum(not seen for seen in self.uncond_by_step.values())
+
+    def _saw_rows(self, layout: tuple[bool, ...], sigma: float | None) -> None:
+        progress = self.clock.progress_at(sigma) if sigma is not None else None
+        if progress is not None:
+            self.uncond_by_step[progress] = self.uncond_by_step.get(progress, False) or not all(layout)
 
     def active_units(self, sigma: float | None) -> list[PreparedUnit]:
         """Units active at this call: by step fraction when the denoiser reported this sigma,
@@ -133,6 +148,8 @@ class ForgeRun:
             return []
         sigmas = extra_options.get("sigmas")
         sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        if layer == 0:  # once per UNet call
+            self._saw_rows(layout, sigma)
         shape = extra_options.get("original_shape")
         latent_hw = (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
         chunks = extra_options["cond_or_uncond"]

@@ -59,6 +59,13 @@ class ForgeState(StateBase):
     #: (a refiner they do not fit). Another patcher on the model means a refiner switch.
     patched: Any = None
     flux_run: forge_flux.FluxRun | None = None
+    run: ForgeRun | None = None
+
+    def count_run(self) -> None:
+        """Fold the last pass's step counts into the generation's."""
+        if self.run is not None:
+            self.count_uncond(self.run.steps_seen, self.run.uncond_skipped_steps)
+            self.run = None
 
     def end_pass(self, p: Any) -> None:
         self.patched = None
@@ -77,13 +84,14 @@ class ForgeState(StateBase):
         patcher = sd_model.forge_objects.unet
         signature = model_signature(sd_model)
         place = forge_placement(patcher)
-        key = (signature, place.device, place.dtype)
+        requests, seeds = self.prepared_requests()
+        key = (signature, place.device, place.dtype, seeds)
         if self.job is not None and key != self.key and (problem := self.fits(signature)) is not None:
             # a later pass on another model (the refiner still loaded): skipped, like a refiner switch
             self.note(f"IP-Adapter: not applied to {signature.family} in this pass: {problem}")
             return
         if self.job is None or key != self.key:
-            self.job = engine().prepare(self.requests, signature, place)
+            self.job = engine().prepare(requests, signature, place)
             self.key = key
         self.log_units()
         self.clock = StepClock()  # a new pass: no step reported yet
@@ -96,6 +104,8 @@ class ForgeState(StateBase):
         patcher = sd_model.forge_objects.unet
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
+        self.count_run()
+        self.run = run
         if is_flux(patcher.model.diffusion_model):
             self.close_flux_run()  # an earlier pass's patches, if still on the model, stay inert
             context = None
@@ -201,6 +211,7 @@ def before_sampling(p: Any) -> None:
     wrap_sampler(p, state, lambda live: live.end_pass(p))
     if state.error is not None or state.skip_hires(p):
         return
+    state.take_seeds(p)
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
     state.check_double_lora(p)
     note_context_tokens(p, state)
@@ -237,6 +248,8 @@ def postprocess(p: Any, processed: Any = None) -> None:
         state.close_flux_run()
     if state is not None and state.job is not None:
         state.job.detach_loras()
+        state.count_run()
+        state.note_precise(p)
     if state is not None and processed is not None:
         append_maps(p, processed, state)
         append_faces(processed, state)
