@@ -95,7 +95,7 @@ def test_parse_ui_args(tmp_path):
     assert len(first.images) == 2 and first.weight == 0.5 and first.model == "a"
     assert np.array_equal(np.asarray(first.images[1]), np.asarray(_image(3)))
     assert third.crop == "pad" and third.images[0].size == (12, 20)
-    assert parse_script_args(_ui_args({"image": _image(1)})[:1] + [False] * len(UNIT_FIELDS)) == []
+    assert parse_script_args(_ui_args({"image": _image(1), "enabled": False})) == []  # a unit switched off
     assert parse_script_args([False, *_ui_args({"image": _image(1)})[1:]]) == []
 
 

@@ -75,7 +75,14 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mask": (_is_mask, "a base64 image (or null)"),
     "files": (_is_files, "a list of base64 images (or null)"),
 }
-_BY_NAME = {"image": "image", "negative_image": "image", "mask": "mask", "more_images": "files"}
+_BY_NAME = {
+    "image": "image",
+    "negative_image": "image",
+    "mask": "mask",
+    "more_images": "files",
+    "reference_mask": "mask",
+    "composition_image": "image",
+}
 
 
 def _kind_of(annotation: Any) -> str | None:
