@@ -56,10 +56,11 @@ def ui_hooks() -> Any:
             return f"⚠ {entry.error}"
         text = entry.info.describe() + face_status(entry.info)
         if getattr(entry.info, "arch", "sd") == "flux":
-            from . import is_forge
+            from . import select
 
-            if not is_forge():
-                text += "  \n⚠ an XLabs Flux IP-Adapter: it needs Forge with a Flux checkpoint (A1111 has no Flux)."
+            missing = select().FLUX_MISSING
+            if missing:
+                text += f"  \n⚠ {missing}"
         try:
             from modules import shared
 

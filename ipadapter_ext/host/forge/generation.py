@@ -20,8 +20,9 @@ Lifetime, per generation:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from ...core.errors import IPAdapterError
 from ..common import (
     StateBase,
     append_faces,
@@ -39,13 +40,21 @@ from ..unet import attn2_slots, is_flux, model_signature
 from . import flux as forge_flux
 from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
 from .placement import current_placement, forge_placement
+from .readers import FORGE2, Readers
 
-BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's patch class
+#: patch classes of the hosts' built-in image prompts (extensions-builtin/sd_forge_ipadapter: in every
+#: Forge family ``lib_ipadapter``'s ``CrossAttentionPatch``; in ersatzForge also PuLID's ``Attn2Replace``)
+BUILTIN_PATCHES = {
+    "CrossAttentionPatch": "the WebUI's built-in IP-Adapter (a ControlNet unit)",
+    "Attn2Replace": "PuLID (the WebUI's built-in sd_forge_ipadapter, or an extension)",
+}
 
 
 @dataclass
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
+    #: what differs between the patcher families (kernel, schedule, dtype); Forge 1 sets its own
+    readers: ClassVar[Readers] = FORGE2
 
     def end_pass(self, p: Any) -> None:
         if self.job is not None:
@@ -56,8 +65,10 @@ class ForgeState(StateBase):
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
         flux = is_flux(patcher.model.diffusion_model)
+        if flux and self.readers.no_flux:
+            raise IPAdapterError(self.readers.no_flux)
         signature = model_signature(sd_model)
-        place = forge_placement(patcher)
+        place = forge_placement(patcher, self.readers.dtype(patcher))
         key = (signature, place.device, place.dtype)
         if self.job is None or key != self.key:
             self.job = engine().prepare(self.requests, signature, place)
@@ -65,7 +76,8 @@ class ForgeState(StateBase):
         self.log_units()
         self.clock = StepClock()  # a new pass: no step reported yet
         self.start_maps()
-        run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
+        ranges = _sigma_ranges(self.readers.schedule(patcher), self.job.units)
+        run = ForgeRun(self.job.units, ranges, self.clock, self.job.upcast, self.maps, attention=self.readers.attention)
         run.per_image_refs = self.job.per_image_refs
         if flux:
             sd_model.forge_objects.unet = forge_flux.patched_clone(patcher, run)
@@ -109,20 +121,20 @@ def register_patches(patcher: Any, run: ForgeRun) -> None:
 def coexistence_notes(run: ForgeRun) -> list[str]:
     notes = []
     for name, layers in sorted(run.chained.items()):
-        who = "Forge's built-in IP-Adapter (ControlNet)" if name == BUILTIN_PATCH else f"another attn2 patch ({name})"
+        who = BUILTIN_PATCHES.get(name, f"another attn2 patch ({name})")
         notes.append(
-            f"IP-Adapter: {who} is also active on {layers} cross-attention layers; both apply, "
-            "their image terms add up like two IP-Adapter units."
+            f"IP-Adapter: {who} is also active on {layers} cross-attention layers; both apply, this extension's "
+            "units after it, and their image terms add up like two IP-Adapter units."
         )
     return notes
 
 
-def _sigma_ranges(patcher: Any, units: list) -> list[tuple[float, float]]:
-    """(sigma at start, sigma at end) per unit, for UNet calls the denoiser did not report."""
-    predictor = getattr(patcher.model, "predictor", None)
-    if predictor is None:
+def _sigma_ranges(schedule: Any, units: list) -> list[tuple[float, float]]:
+    """(sigma at start, sigma at end) per unit, for UNet calls the denoiser did not report; from the
+    model's sigma schedule (the family's ``readers.schedule``)."""
+    if schedule is None or not hasattr(schedule, "percent_to_sigma"):
         return [(float("inf"), 0.0) for _ in units]
-    return [(float(predictor.percent_to_sigma(u.start)), float(predictor.percent_to_sigma(u.end))) for u in units]
+    return [(float(schedule.percent_to_sigma(u.start)), float(schedule.percent_to_sigma(u.end))) for u in units]
 
 
 def process(p: Any, args: tuple) -> None:
