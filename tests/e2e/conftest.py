@@ -23,7 +23,6 @@ Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT``
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from .webui import (
     find_checkpoint,
     is_flux_checkpoint,
     link_extension,
+    remove_created,
     write_tiny_models,
 )
 
@@ -89,12 +89,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
     finally:
         server.stop()
         if not keep:
-            for path in reversed(created):
-                if path.is_symlink() or path.is_file():
-                    path.unlink()
-                elif path.is_dir():  # a folder a writer created, empty once its files are gone
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
+            remove_created(created)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from .test_webui_http import REFERENCE, same_pixels, txt2img_payload
-from .webui import SCRIPT_TITLE, Client, WebUIProcess, pixels
+from .webui import SCRIPT_TITLE, Client, WebUIProcess, listening_addresses, pixels
 
 AXES = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
         "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
@@ -80,6 +80,25 @@ def assert_settings_listed(client: Client) -> None:
     assert isinstance(options.get("ipadapter_units"), int | float)
     assert isinstance(options.get("ipadapter_default_weight"), int | float)
     assert {"ipadapter_hires", "ipadapter_cache_size", "ipadapter_extra_folders"} <= set(options)
+
+
+def assert_loopback_only(base_url: str) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    addresses = listening_addresses(port)
+    if addresses is None:
+        pytest.skip("no /proc/net/tcp on this system: the listening addresses are read from Linux's /proc")
+    assert addresses == {"127.0.0.1"}, f"the test server on port {port} listens on {sorted(addresses)}"
+
+
+def test_the_api_only_server_listens_on_127_0_0_1_only(api):
+    """With --nowebui the WebUI starts uvicorn with no host (every interface) unless told one."""
+    assert_loopback_only(api.base_url)
+
+
+def test_the_ui_server_listens_on_127_0_0_1_only(webui):
+    if webui.mode != "root":
+        pytest.skip("WEBUI_URL: a server started by you, not by the suite")
+    assert_loopback_only(webui.client.base_url)
 
 
 def test_settings_are_in_the_options(api):

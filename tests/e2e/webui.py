@@ -41,6 +41,7 @@ ADAPTER_FILE = "e2e-tiny-plus.safetensors"
 ENCODER_FILE = "e2e-tiny-clip.safetensors"
 
 START_TIMEOUT_S = float(os.environ.get("WEBUI_START_TIMEOUT", "300"))
+STARTED_LINE = "Startup time:"  # what every WebUI prints once its API and app_started callbacks are in
 REQUEST_TIMEOUT_S = float(os.environ.get("WEBUI_REQUEST_TIMEOUT", "300"))
 STOP_TIMEOUT_S = 30.0
 
@@ -216,6 +217,17 @@ def write_tiny_models(root: Path, checkpoint: Path) -> list[Path]:
     return [*created, adapter, encoder]
 
 
+def remove_created(created: list[Path]) -> None:
+    """Remove what a session created, last first: files and links, then the folders made for them
+    once empty (a folder the WebUI has put something of its own into stays)."""
+    for path in reversed(created):
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 def link_extension(root: Path) -> list[Path]:
     """Symlink this repository into ``extensions/``; returns what was created here (the link, and
     ``extensions/`` itself when the install had none), nothing when a link was there already."""
@@ -363,6 +375,7 @@ class WebUIProcess:
             raise FileNotFoundError(f"WEBUI_PYTHON={self.python}: no such interpreter")
         env = dict(os.environ)
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # the extension is this checkout: keep it clean
+        env["PYTHONUNBUFFERED"] = "1"  # the log shows each line as it is printed (wait_ready reads it)
         env.pop("WEBUI_URL", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
@@ -376,7 +389,14 @@ class WebUIProcess:
         )
 
     def wait_ready(self, client: Client, timeout: float = START_TIMEOUT_S) -> float:
-        """Seconds until ``/sdapi/v1/options`` answered 200; raises with the log tail otherwise."""
+        """Seconds until ``/sdapi/v1/options`` answered 200; raises with the log tail otherwise.
+
+        Nothing is sent before the log says "Startup time:" (every host prints it once its API
+        routes and ``app_started`` callbacks are in): the page server answers earlier, and a request
+        that reaches it between the WebUI's middleware reset and its API set-up makes starlette
+        build the middleware stack, after which the API cannot add its own and never starts
+        ("Cannot add middleware after an application has started"; seen on a slow reForge). A host
+        that never prints the line is polled after 80% of the timeout."""
         assert self.proc is not None
         start = time.monotonic()
         while time.monotonic() - start < timeout:
@@ -384,8 +404,11 @@ class WebUIProcess:
                 raise RuntimeError(
                     f"the WebUI exited with code {self.proc.returncode} before answering:\n{self.tail()}"
                 )
+            started = STARTED_LINE in self.tail(chars=200_000) or time.monotonic() - start > 0.8 * timeout
             # the extension's routes come from an app_started callback, which runs after the API's
-            if all(client.answers(path, timeout=5.0) for path in ("/sdapi/v1/options", "/ipadapter/v1/version")):
+            if started and all(
+                client.answers(path, timeout=5.0) for path in ("/sdapi/v1/options", "/ipadapter/v1/version")
+            ):
                 return time.monotonic() - start
             time.sleep(1.0)
         raise TimeoutError(f"the WebUI did not answer /sdapi/v1/options within {timeout:.0f} s:\n{self.tail()}")
