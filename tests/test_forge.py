@@ -208,12 +208,12 @@ PulidLike.__name__ = "Attn2Replace"
 @torch.no_grad()
 def test_pulid_on_the_key_is_chained_and_named(env, capsys):
     base = env.patcher.clone()
-    base.set_model_attn2_replace(PulidLike(env.kernel), "output", 11, 0)
+    base.set_model_attn2_replace(PulidLike(env.kernel), "middle", 0, 0)  # a long key, as PuLID writes them
     clone, _ = patched_on(env, base)
-    ours = clone.attn2_table()[("output", 11, 0)]
+    ours = clone.attn2_table()[("middle", 0, 0)]
     q, k, v = (torch.randn(2, 4, 32 * 4) for _ in range(3))
     extra = {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([3.0]), "original_shape": [2, 4, 2, 2]}
-    alone = forge_patch.Attn2Patch(15, ours.run)(q, k, v, extra)
+    alone = forge_patch.Attn2Patch(ours.layer, ours.run)(q, k, v, extra)
     torch.testing.assert_close(ours(q, k, v, extra), alone - 0.02, atol=1e-6, rtol=0)
     ours.add("second face", weight=1.0)  # PuLID adding a face reaches its own patch
     assert ours.previous.callbacks == [None, "second face"]
