@@ -181,3 +181,30 @@ def test_a_job_through_the_forge1_sampling_path_changes_the_image(env):
     ours = run_forge_job(env.script, unit_args(PLUS), p)
     assert not torch.allclose(ours, plain) and len(p.samplers) == 1
     assert torch.equal(run_forge_job(env.script, unit_args(enabled=False), job(env)), plain)
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_the_hosts_controlnet_folders_follow_its_command_line(tmp_path, monkeypatch, moved):
+    """Forge's families keep their ControlNet and preprocessor folders in ``modules_forge/shared.py``
+    (``--controlnet-dir``, ``--controlnet-preprocessor-models-dir``); the model list and the face
+    packs look there, and in ``models/`` when the host has no such module."""
+    import sys
+
+    import modules.paths_internal as paths_internal
+
+    from ipadapter_ext.host import models
+
+    monkeypatch.setattr(paths_internal, "models_path", str(tmp_path / "models"))
+    if moved:
+        shared = SimpleNamespace(controlnet_dir=str(tmp_path / "cn"), preprocessor_dir=str(tmp_path / "pre"))
+        monkeypatch.setitem(sys.modules, "modules_forge.shared", shared)
+        expected = (tmp_path / "cn", tmp_path / "pre")
+    else:
+        monkeypatch.delitem(sys.modules, "modules_forge.shared", raising=False)
+        expected = (tmp_path / "models" / "ControlNet", tmp_path / "models" / "ControlNetPreprocessor")
+    models._EngineHolder.reset()
+    try:
+        assert models.engine().registry.controlnet_dirs[0] == expected[0]
+        assert models.face_pack_roots(tmp_path / "models")[1] == expected[1]
+    finally:
+        models._EngineHolder.reset()
