@@ -1,6 +1,7 @@
 // IP-Adapter accordion: hover hints for every unit control, and unit tabs that show which units
-// will apply ("Unit 1 ✓") or are enabled but incomplete ("Unit 2 ⚠"), on A1111 (gradio 3) and
-// Forge (gradio 4). The WebUI loads every file in an extension's javascript/ folder.
+// will apply ("Unit 1 ✓") or are enabled but incomplete ("Unit 2 ⚠"), on A1111 and the Forge 1
+// family (gradio 3), and Forge and ersatzForge (gradio 4). The WebUI loads every file in an
+// extension's javascript/ folder.
 (function() {
     "use strict";
 
@@ -60,14 +61,24 @@
         return "Unit " + n + " " + (keep ? text : text.charAt(0).toLowerCase() + text.slice(1));
     }
 
-    if (typeof titles !== "undefined") { // A1111's hints.js: a hint for any element whose text is the key
-        titles["IP-Adapter"] = "Image prompts: tick to apply the enabled units below.";
-        titles["Show where each unit acts"] = "After the images, a heat-map per unit of where its image prompt acted (one scale for all units).";
-        titles["Show the detected faces"] = "After the images, each FaceID reference with the face that was found: its box, and the aligned crop the adapter saw.";
-        for (var n = 1; n <= MAX_UNITS; n++) {
-            for (var text in HINTS) {
-                titles[unitLabel(n, text)] = HINTS[text];
-            }
+    // Every label's hint, by the label's text as the page shows it.
+    var LABEL_HINTS = {
+        "IP-Adapter": "Image prompts: tick to apply the enabled units below.",
+        "Show where each unit acts": "After the images, a heat-map per unit of where its image prompt acted (one scale for all units).",
+        "Show the detected faces": "After the images, each FaceID reference with the face that was found: its box, and the aligned crop the adapter saw.",
+    };
+    for (var n = 1; n <= MAX_UNITS; n++) {
+        for (var text in HINTS) {
+            LABEL_HINTS[unitLabel(n, text)] = HINTS[text];
+        }
+    }
+    // A1111's and Forge's hints.js keep a global `titles` table and give any element whose text is
+    // a key its hint (localized). Hosts that cut hints.js down (ersatzForge) have no such table:
+    // there the labels inside the accordion get their hints from hintLabels() below.
+    var HOST_TITLES = typeof titles !== "undefined" && titles !== null && typeof titles === "object";
+    if (HOST_TITLES) {
+        for (var label in LABEL_HINTS) {
+            titles[label] = LABEL_HINTS[label];
         }
     }
 
@@ -145,6 +156,19 @@
         }
     }
 
+    function hintLabels(tab) {
+        if (HOST_TITLES) return;
+        var root = app().querySelector("#script_" + tab + "_ipadapter_enabled");
+        if (!root) return;
+        var labels = root.querySelectorAll("span, button, p, label");
+        for (var i = 0; i < labels.length; i++) {
+            var el = labels[i];
+            if (el.title) continue;
+            var hint = LABEL_HINTS[el.textContent.trim()];
+            if (hint) el.title = hint;
+        }
+    }
+
     function hintBlocks(tab) {
         for (var n = 1; n <= MAX_UNITS && unitRoot(tab, n); n++) {
             for (var name in BY_ID) {
@@ -161,6 +185,7 @@
         ["txt2img", "img2img"].forEach(function(tab) {
             markTabs(tab);
             hintBlocks(tab);
+            hintLabels(tab);
         });
     }
 

@@ -1,16 +1,18 @@
-"""IP-Adapter for the AUTOMATIC1111 WebUI and stable-diffusion-webui-forge: a thin script that
-delegates to ``ipadapter_ext``.
+"""IP-Adapter for the AUTOMATIC1111 WebUI, Forge and Forge's forks: a thin script that delegates
+to ``ipadapter_ext``.
 
 Only ``modules.scripts`` is imported from the WebUI here (as a module, so that no base class is
-registered a second time); the host module (``ipadapter_ext.host.a1111`` or ``.forge``) is chosen
-once, at import, by detecting the host.
+registered a second time); the host module (``ipadapter_ext.host.a1111``, ``.forge`` or
+``.forge1``) is chosen once, at import, by the modules the host provides, and the console says
+which family was found.
 """
 
 from modules import scripts
 
-from ipadapter_ext.host import select
+from ipadapter_ext.host import select, startup_line
 
 host = select()
+print(startup_line())
 
 
 class IPAdapterScript(scripts.Script):

@@ -1,7 +1,11 @@
 """The real scripts/ipadapter.py on Forge, through doubles of Forge's patcher contract
 (tests/doubles/forge_backend.py mirrors backend/patcher/unet.py and backend/nn/unet.py,
 tests/doubles/forge_sampling.py the sampling path) on the same ldm UNet and model files as the
-A1111 tests, so the two hosts are compared on identical weights and inputs."""
+A1111 tests, so the two hosts are compared on identical weights and inputs.
+
+The generation tests here read the family from the ``env`` fixture (its patcher, UNet forward,
+sampling flavour, state class, kernel and schedule), so test_forge1.py runs the very same tests on
+the Forge 1 doubles (reForge, Forge Classic) with its own ``env``."""
 
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ from ipadapter_ext.core.engine import UnitRequest
 from ipadapter_ext.core.errors import IPAdapterError
 from ipadapter_ext.host import a1111, common, forge
 from ipadapter_ext.host.forge import attn2_patch as forge_patch
+from ipadapter_ext.host.forge.readers import FORGE2
 from tests.a1111_env import CTX, PLUS, attn2_widths, image, make_webui, sd_model, unit_args
 from tests.doubles.forge_backend import forge_unet_forward, unet_patcher
+from tests.doubles.forge_sampling import FORGE2 as FORGE2_SAMPLING
 from tests.doubles.forge_sampling import ForgeModel, ForgeProcessing, run_forge_job
 
 FORGE_DOUBLES = str(Path(__file__).parent / "doubles" / "forge")
@@ -34,34 +40,45 @@ def env(tmp_path, monkeypatch):
 
     memory_management.reset()
     patcher = unet_patcher(base.unet)
-    yield SimpleNamespace(script=base.script, unet=base.unet, patcher=patcher, model=ForgeModel(patcher))
+    yield family_env(base, patcher, forge.ForgeState, FORGE2_SAMPLING, forge_unet_forward, FORGE2.attention)
     webui.close()
+
+
+def family_env(base, patcher, state, flavour, forward, kernel) -> SimpleNamespace:
+    """What the generation tests need of a Forge family: the script and UNet of ``make_webui``, the
+    family's patcher double, the script's state class, the sampling flavour, the UNet forward that
+    honours the patch tables, and the host kernel (``readers.attention``: (q, k, v, extra_options))."""
+    return SimpleNamespace(script=base.script, unet=base.unet, patcher=patcher, model=ForgeModel(patcher),
+                           state=state, flavour=flavour, forward=forward, kernel=kernel,
+                           schedule=state.readers.schedule)  # fmt: skip
 
 
 def job(env, **kw) -> ForgeProcessing:
     batch = kw.pop("batch", 1)
     g = torch.Generator().manual_seed(7)
     cond, uncond = torch.randn(batch, 77, CTX, generator=g), torch.randn(batch, 77, CTX, generator=g)
-    return ForgeProcessing(sd_model=env.model, cond=cond, uncond=uncond, batch=batch, **kw)
+    return ForgeProcessing(sd_model=env.model, cond=cond, uncond=uncond, batch=batch, flavour=env.flavour, **kw)
 
 
 def patched(env, requests: list[UnitRequest]) -> tuple[object, ForgeProcessing]:
     """The clone process_before_every_sampling leaves on the model, for ``requests``."""
     p = job(env)
     p.sampler = SimpleNamespace(sample=lambda *a, **k: None)
-    setattr(p, common.STATE_ATTR, forge.ForgeState(requests))
+    setattr(p, common.STATE_ATTR, env.state(requests))
     forge.before_sampling(p)
     assert getattr(p, common.STATE_ATTR).error is None
     return p.sd_model.forge_objects.unet, p
 
 
-def test_the_script_picks_the_forge_host(env, monkeypatch):
-    from ipadapter_ext.host import is_forge, select
+def test_the_script_picks_the_forge_host(env, monkeypatch, capsys):
+    from ipadapter_ext.host import family_key, is_forge, select, startup_line
 
-    assert is_forge() and select() is forge
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # any path: Forge's marker removed below
+    assert is_forge() and family_key() == "forge" and select() is forge
+    line = startup_line()
+    assert line.startswith("IP-Adapter: host family Forge 2") and "backend.patcher.unet" in line
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != FORGE_DOUBLES])
     assert not is_forge() and select() is a1111
+    assert "AUTOMATIC1111 (no modules_forge package)" in startup_line()
 
 
 LAYOUTS = {
@@ -92,8 +109,8 @@ def test_forge_patch_equals_the_a1111_path(env, layout, requests):
     x, ctx = torch.randn(rows, 4, 8, 8, generator=g), torch.randn(rows, 77, CTX, generator=g)
     t = torch.full((rows,), 500)
     to = dict(clone.model_options["transformer_options"], cond_or_uncond=chunks, sigmas=torch.full((batch,), 3.0))
-    out = forge_unet_forward(env.unet, x, t, ctx, to)
-    plain = forge_unet_forward(env.unet, x, t, ctx, {})
+    out = env.forward(env.unet, x, t, ctx, to)
+    plain = env.forward(env.unet, x, t, ctx, {})
     model = sd_model(env.unet)
     _, modules, signature = a1111.unet_layout(model)
     ref = a1111.engine().prepare(REQUESTS[requests], signature, a1111.placement(model, env.unet))
@@ -122,19 +139,20 @@ def test_clone_leaves_the_original_patcher_untouched_and_keys_every_layer(env):
 
 
 class BuiltinLike:
-    """Stands in for Forge's built-in IP-Adapter patch: its own term, and set_new_condition.
-    Like the built-in's object it is deep-copied by every ``clone()``, so calls count on the class."""
+    """Stands in for Forge's built-in IP-Adapter patch (sd_forge_ipadapter's ``CrossAttentionPatch``,
+    the same class in both Forge families): the host kernel plus its own term, and
+    set_new_condition. Like the built-in's object it is deep-copied by every ``clone()``, so calls
+    count on the class."""
 
     calls = 0
 
-    def __init__(self):
+    def __init__(self, kernel):
         self.conditions = 1
+        self.kernel = kernel
 
     def __call__(self, q, k, v, extra):
-        from backend.attention import attention_function
-
         BuiltinLike.calls += 1
-        return attention_function(q, k, v, extra["n_heads"]) + 0.01 * self.conditions
+        return self.kernel(q, k, v, extra) + 0.01 * self.conditions
 
     def set_new_condition(self, **kwargs):
         self.conditions += 1
@@ -146,7 +164,7 @@ BuiltinLike.__name__ = "CrossAttentionPatch"
 @torch.no_grad()
 @pytest.mark.parametrize("short_key", [True, False])
 def test_a_patch_already_on_the_key_is_chained_and_keeps_its_contribution(env, short_key, capsys):
-    earlier = BuiltinLike()
+    earlier = BuiltinLike(env.kernel)
     base = env.patcher.clone()
     for name, i, j in [("input", 1, 0), ("middle", 0, 0)]:
         base.set_model_attn2_replace(earlier, name, i, None if short_key else j)
@@ -156,20 +174,56 @@ def test_a_patch_already_on_the_key_is_chained_and_keeps_its_contribution(env, s
     q, k, v = (torch.randn(2, 4, 32 * 4) for _ in range(3))
     extra = {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([3.0]), "original_shape": [2, 4, 2, 2]}
     alone = forge_patch.Attn2Patch(15, ours.run)(q, k, v, extra)
-    from backend.attention import attention_function
-
-    plain = attention_function(q, k, v, 8)
+    plain = env.kernel(q, k, v, extra)
     torch.testing.assert_close(ours(q, k, v, extra), alone + 0.01, atol=1e-6, rtol=0)
     assert (alone - plain).abs().amax() > 1e-4
     ours.set_new_condition(weight=1.0)  # the built-in adding a second unit reaches its own patch
     assert ours.previous.conditions == 2
+    with pytest.raises(RuntimeError, match="PuLID cannot add its unit"):  # the built-in has no add()
+        ours.add(None, weight=1.0)
     BuiltinLike.calls = 0
     p = job(env)
     env.model.forge_objects_after_applying_lora.unet = base
     run_forge_job(env.script, unit_args(PLUS), p)
     assert BuiltinLike.calls == 2 * 3  # 2 layers × 3 steps (one UNet call per step), under our patch
+    out = capsys.readouterr().out
+    assert "the WebUI's built-in IP-Adapter (a ControlNet unit) is also active on 2 cross-attention layers" in out
+    assert "both apply, this extension's units after it" in out
+
+
+class PulidLike:
+    """Stands in for ersatzForge's built-in PuLID patch (``Attn2Replace``): the host kernel plus its
+    own term; more faces come in through ``add``."""
+
+    def __init__(self, kernel):
+        self.kernel, self.callbacks = kernel, [None]
+
+    def __call__(self, q, k, v, extra):
+        return self.kernel(q, k, v, extra) - 0.02 * len(self.callbacks)
+
+    def add(self, callback, **kwargs):
+        self.callbacks.append(callback)
+
+
+PulidLike.__name__ = "Attn2Replace"
+
+
+@torch.no_grad()
+def test_pulid_on_the_key_is_chained_and_named(env, capsys):
+    base = env.patcher.clone()
+    base.set_model_attn2_replace(PulidLike(env.kernel), "middle", 0, 0)  # a long key, as PuLID writes them
+    clone, _ = patched_on(env, base)
+    ours = clone.attn2_table()[("middle", 0, 0)]
+    q, k, v = (torch.randn(2, 4, 32 * 4) for _ in range(3))
+    extra = {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([3.0]), "original_shape": [2, 4, 2, 2]}
+    alone = forge_patch.Attn2Patch(ours.layer, ours.run)(q, k, v, extra)
+    torch.testing.assert_close(ours(q, k, v, extra), alone - 0.02, atol=1e-6, rtol=0)
+    ours.add("second face", weight=1.0)  # PuLID adding a face reaches its own patch
+    assert ours.previous.callbacks == [None, "second face"]
+    run_forge_job(env.script, unit_args(PLUS), job(env))
     assert (
-        "Forge's built-in IP-Adapter (ControlNet) is also active on 2 cross-attention layers" in capsys.readouterr().out
+        "PuLID (the WebUI's built-in sd_forge_ipadapter, or an extension) is also active on 1"
+        in capsys.readouterr().out
     )
 
 
@@ -197,17 +251,17 @@ def test_start_end_follow_the_step_fraction_like_a1111(env):
 def test_calls_the_denoiser_did_not_report_are_gated_by_sigma(env):
     requests = [UnitRequest(1, [image(1)], "tiny-plus", weight=0.8, start=0.3, end=0.7)]
     clone, _ = patched(env, requests)
-    predictor = clone.model.predictor
-    hi, lo = predictor.percent_to_sigma(0.3), predictor.percent_to_sigma(0.7)
+    schedule = env.schedule(clone)
+    hi, lo = schedule.percent_to_sigma(0.3), schedule.percent_to_sigma(0.7)
     g = torch.Generator().manual_seed(5)
     x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, CTX, generator=g)
     t = torch.full((2,), 400)
 
     def run(sigma):
         to = dict(clone.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=torch.tensor([sigma]))
-        return forge_unet_forward(env.unet, x, t, ctx, to)
+        return env.forward(env.unet, x, t, ctx, to)
 
-    plain = forge_unet_forward(env.unet, x, t, ctx, {})
+    plain = env.forward(env.unet, x, t, ctx, {})
     assert torch.equal(run(hi * 1.01), plain) and torch.equal(run(lo * 0.99), plain)
     assert not torch.allclose(run(hi * 0.99), plain) and not torch.allclose(run(lo * 1.01), plain)
 
@@ -297,3 +351,26 @@ def test_a_faceid_unit_with_its_lora_on_forge(env, tmp_path):
     assert all(not m._forward_hooks for m in env.unet.modules())
     assert torch.equal(run_forge_job(env.script, unit_args({**unit, "weight": 0.0}), job(env)), plain)
     assert torch.equal(run_forge_job(env.script, unit_args(enabled=False), job(env)), plain)
+
+
+@torch.no_grad()
+def test_an_exception_during_sampling_leaves_nothing_behind(env, tmp_path):
+    """The sampler fails half-way (an interrupt, out of memory, another extension): FaceID's LoRA
+    hooks come off, the patcher the host keeps is untouched, and the next requests, with and
+    without a unit, equal the same requests before, bit for bit."""
+    from tests.test_faceid import FACE, write_faceid_files
+
+    write_faceid_files(tmp_path / "models", attn2_widths(env.unet))
+    face = {"image": FACE, "model": "tiny-faceid", "weight": 1.0}
+    plain = run_forge_job(env.script, unit_args(enabled=False), job(env))
+    with_unit = run_forge_job(env.script, unit_args(face), job(env))
+    before = repr(env.patcher.model_options)
+    failing = job(env, fail_at_step=1)
+    with pytest.raises(RuntimeError, match="sampling failed at step 1"):
+        run_forge_job(env.script, unit_args(face), failing)
+    assert failing.samplers[0].denoiser.step == 1  # the unit's patches did run before the failure
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in env.unet.modules())
+    assert env.model.forge_objects_after_applying_lora.unet is env.patcher
+    assert repr(env.patcher.model_options) == before and not env.patcher.extra_model_patchers_during_sampling
+    assert torch.equal(run_forge_job(env.script, unit_args(enabled=False), job(env)), plain)
+    assert torch.equal(run_forge_job(env.script, unit_args(face), job(env)), with_unit)

@@ -93,3 +93,39 @@ def test_the_unit_label_rule_gives_the_same_labels_in_node():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [unit_label(2, t) for t in texts]
     assert unit_label(2, "FaceID LoRA strength") == "Unit 2 FaceID LoRA strength"
+
+
+@pytest.mark.parametrize("host_titles", [True, False], ids=["hints.js-titles", "no-titles-ersatzForge"])
+def test_labels_get_their_hints_with_or_without_the_hosts_titles_table(host_titles):
+    """A1111's and Forge's hints.js show hints from a global ``titles`` table, which the script fills;
+    ersatzForge cut hints.js down and has none, so the script puts each hint on its label itself
+    (and leaves labels alone where hints.js will). Runs the whole script in node on a stub page."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: this check runs the script in node")
+    texts = ["Unit 1 weight", "Enable unit 2", "IP-Adapter", "Unit 3 FaceID LoRA strength", "Unrelated"]
+    program = (
+        f"const labels = {json.dumps(texts)}.map(t => ({{textContent: ' ' + t + ' ', title: ''}}));\n"
+        "const root = {querySelectorAll: () => labels};\n"
+        "let loaded = null;\n"
+        "global.document = {querySelector: s => s === '#script_txt2img_ipadapter_enabled' ? root : null,"
+        " addEventListener() {}};\n"
+        "global.onUiLoaded = f => { loaded = f; };\n"
+        "global.onUiUpdate = () => {};\n"
+        + ("global.titles = {};\n" if host_titles else "")
+        + SCRIPT.read_text()
+        + "\nloaded();\n"
+        "console.log(JSON.stringify({labels: labels.map(l => l.title),"
+        " table: typeof titles === 'undefined' ? null : titles['Unit 1 weight']}));\n"
+    )
+    result = subprocess.run([node, "-e", program], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    hints = js_object("HINTS")
+    if host_titles:
+        assert out["table"] == hints["Weight"] and out["labels"] == [""] * len(texts)
+    else:
+        assert out["table"] is None
+        weight, enable, accordion, lora, unrelated = out["labels"]
+        assert (weight, enable, lora) == (hints["Weight"], hints["Enable"], hints["FaceID LoRA strength"])
+        assert accordion.startswith("Image prompts") and unrelated == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager
+import sys
 from pathlib import Path
 
 from ..core.encode.faces import FaceReferences
@@ -31,10 +32,11 @@ class _EngineHolder:
             extra = [Path(p.strip()) for p in str(opt("ipadapter_extra_folders", "")).split(",") if p.strip()]
             cn_models, cn_encoders = extra_model_dirs()  # folders sd-webui-controlnet keeps
             styles = [root / "style_models"] if (root / "style_models").is_dir() else []  # Redux, where a host keeps it
+            controlnet, _ = forge_controlnet_dirs(root)
             registry = ModelRegistry(
                 [adapters, *styles, *extra],
                 [root / "clip_vision", *extra, *cn_encoders],
-                [root / "ControlNet", *cn_models],
+                [controlnet, *cn_models],
             )
             faces = FaceReferences(lambda: face_pack_roots(root), lambda: str(opt("ipadapter_face_pack", "buffalo_l")))
             cls.engine = Engine(registry, embedding_cache_size=int(opt("ipadapter_cache_size", 32)), faces=faces)
@@ -50,10 +52,23 @@ def engine() -> Engine:
     return _EngineHolder.get()
 
 
+def forge_controlnet_dirs(models: Path) -> tuple[Path, Path]:
+    """(ControlNet models, preprocessor models) folders. Forge and its forks (Forge dfdcbab6, reForge
+    3b56b268, Forge Classic 1f95d717, ersatzForge fca12a2) keep them in ``modules_forge/shared.py``
+    as ``controlnet_dir`` and ``preprocessor_dir``, moved by ``--controlnet-dir`` and
+    ``--controlnet-preprocessor-models-dir``; that module is read when the host has imported it
+    (never imported here: it parses arguments and makes folders). Elsewhere the defaults,
+    ``models/ControlNet`` and ``models/ControlNetPreprocessor``."""
+    shared = sys.modules.get("modules_forge.shared")
+    controlnet = getattr(shared, "controlnet_dir", None) or models / "ControlNet"
+    preprocessor = getattr(shared, "preprocessor_dir", None) or models / "ControlNetPreprocessor"
+    return Path(controlnet), Path(preprocessor)
+
+
 def face_pack_roots(models: Path) -> list[Path]:
     """Where face analysis packs are looked for: ``models/insightface/models/<pack>`` (the convention
     of other extensions), Forge's preprocessor folder, then ControlNet's downloads."""
-    return [models, models / "ControlNetPreprocessor", *face_roots()]
+    return [models, forge_controlnet_dirs(models)[1], *face_roots()]
 
 
 def loaded_signature() -> UNetSignature | None:

@@ -63,10 +63,11 @@ def ui_hooks() -> Any:
         if entry.info.variant == "flux-redux":
             text += "  \nThe weight is Redux's strength; its tokens go to the prompt's side only (no negative image)."
         if getattr(entry.info, "arch", "sd") == "flux":
-            from . import is_forge
+            from . import select
 
-            if not is_forge():
-                text += f"  \n⚠ {_article(entry.info.name)} {entry.info.name}: it needs Forge with a Flux checkpoint (A1111 has no Flux)."
+            missing = select().FLUX_MISSING
+            if missing:
+                text += f"  \n⚠ {_article(entry.info.name)} {entry.info.name}: {missing}"
         try:
             from modules import shared
 

@@ -162,27 +162,30 @@ def unet_patcher(unet, load_device=None) -> UnetPatcher:
     return UnetPatcher(model, load_device=torch.device(device), offload_device=torch.device("cpu"))
 
 
-def forge_unet_forward(unet, x, timesteps, context, transformer_options):
+def forge_unet_forward(unet, x, timesteps, context, transformer_options, block=None):
+    """``block``: the transformer block's forward (``_transformer_block``, Forge's); Forge 1's
+    double (forge1_patcher.py) passes ``ldm_patched``'s, over the same traversal."""
     from ldm.modules.diffusionmodules.util import timestep_embedding
 
     to = transformer_options
+    block = block or _transformer_block
     to["original_shape"] = list(x.shape)
     to["transformer_index"] = 0
     emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False).to(x.dtype))
     hs, h = [], x
     for i, module in enumerate(unet.input_blocks):
         to["block"] = ("input", i)
-        h = _sequential(module, h, emb, context, to)
+        h = _sequential(module, h, emb, context, to, block)
         hs.append(h)
     to["block"] = ("middle", 0)
-    h = _sequential(unet.middle_block, h, emb, context, to)
+    h = _sequential(unet.middle_block, h, emb, context, to, block)
     for i, module in enumerate(unet.output_blocks):
         to["block"] = ("output", i)
-        h = _sequential(module, torch.cat([h, hs.pop()], dim=1), emb, context, to)
+        h = _sequential(module, torch.cat([h, hs.pop()], dim=1), emb, context, to, block)
     return unet.out(h)
 
 
-def _sequential(seq, x, emb, context, to):
+def _sequential(seq, x, emb, context, to, block):
     from ldm.modules.attention import SpatialTransformer
     from ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 
@@ -190,14 +193,14 @@ def _sequential(seq, x, emb, context, to):
         if isinstance(layer, TimestepBlock):
             x = layer(x, emb)
         elif isinstance(layer, SpatialTransformer):
-            x = _spatial_transformer(layer, x, context, to)
+            x = _spatial_transformer(layer, x, context, to, block)
             to["transformer_index"] += 1
         else:
             x = layer(x)
     return x
 
 
-def _spatial_transformer(st, x, context, to):
+def _spatial_transformer(st, x, context, to, block):
     b, _, h, w = x.shape
     x_in = x
     x = st.norm(x)
@@ -206,9 +209,9 @@ def _spatial_transformer(st, x, context, to):
     x = x.flatten(2).transpose(1, 2).contiguous()
     if st.use_linear:
         x = st.proj_in(x)
-    for i, block in enumerate(st.transformer_blocks):
+    for i, transformer in enumerate(st.transformer_blocks):
         to["block_index"] = i
-        x = _transformer_block(block, x, context, to)
+        x = block(transformer, x, context, to)
     if st.use_linear:
         x = st.proj_out(x)
     x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()

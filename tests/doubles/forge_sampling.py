@@ -21,11 +21,18 @@ dfdcbab6 (own implementations, no Forge code):
   chunks of B rows; ``transformer_options`` is a shallow copy of the patcher's, plus
   ``cond_or_uncond`` (one 0/1 per chunk, uncond first when both fit in one call, since Forge
   batches the list in reverse) and ``sigmas``; the UNet runs once per batch of chunks.
+
+The Forge 1 family (:data:`FORGE1`; reForge main 3b56b268, Forge Classic 1f95d717) runs the same
+path with three differences, each a field of :class:`Flavour`: ``ldm_patched``'s UNet forward
+(forge1_patcher.py), the sigmas of the model's ``model_sampling``, and a hires pass that calls the
+hook once, after the reset (``modules/processing.py`` ``sample_hr_pass``); its
+``ldm_patched/modules/samplers.py`` ``calc_cond_batch`` also adds ``uuids`` to the options.
 """
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +40,32 @@ from modules import script_callbacks, shared
 
 from tests.doubles.forge_backend import forge_unet_forward
 from tests.doubles.webui_sampling import processed_images
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What differs between the Forge families' sampling paths."""
+
+    forward: Callable  # (unet, x, timesteps, context, transformer_options) → output
+    sigma_at: Callable  # (model, timestep: float) → sigma
+    hook_before_reset: bool  # the hires pass calls process_before_every_sampling before the reset too
+    extra_options: tuple[str, ...] = ()  # further keys calc_cond_batch puts in transformer_options
+
+
+FORGE2 = Flavour(forge_unet_forward, lambda model, t: model.predictor.sigma(t), hook_before_reset=True)
+
+
+def forge1_flavour(precision_argument: bool = True) -> Flavour:
+    """reForge (``precision_argument``) or Forge Classic."""
+    from tests.doubles.forge1_patcher import forge1_unet_forward
+
+    return Flavour(
+        forge1_unet_forward(precision_argument),
+        lambda model, t: float(model.model_sampling.sigma(torch.tensor(t))),
+        hook_before_reset=False,
+        extra_options=("uuids",),
+    )
+
 
 #: How chunks are put into UNet calls: Forge's memory check decides between one call and several.
 BATCHINGS = {
@@ -100,15 +133,19 @@ class Denoiser:
         patcher = shared.sd_model.forge_objects.unet
         to = dict(patcher.model_options.get("transformer_options", {}))
         to["cond_or_uncond"] = list(chunks)
+        if "uuids" in self.p.flavour.extra_options:
+            to["uuids"] = [f"uuid-{c}" for c in chunks]
         to["sigmas"] = sigma
         x_in = torch.cat([x] * len(chunks))
         context = torch.cat([uncond if c else cond for c in chunks])
         t = torch.cat([(sigma * 10).long()] * len(chunks))
-        out = forge_unet_forward(patcher.model.diffusion_model, x_in, t, context, to)
+        out = self.p.flavour.forward(patcher.model.diffusion_model, x_in, t, context, to)
         self.calls.append(Call(list(chunks), x_in.cpu(), context.cpu(), t.cpu(), sigma.cpu(), out.cpu()))
         return out.chunk(len(chunks))
 
     def forward(self, x, sigma, cond, uncond, skip_uncond=False):
+        if self.step == self.p.fail_at_step:
+            raise RuntimeError(f"sampling failed at step {self.step} (test)")
         if apply_refiner(self, x):
             cond, uncond = self.p.conds
         params = script_callbacks.CFGDenoiserParams(x, None, sigma, self.step, self.total_steps, cond, uncond, self)
@@ -132,12 +169,12 @@ class Sampler:
 
         unet_patcher = shared.sd_model.forge_objects.unet
         sampling_prepare(unet_patcher, x=x)
-        predictor = unet_patcher.model.predictor
+        model = unet_patcher.model
         steps = self.p.steps
         self.denoiser = Denoiser(self.p, steps)
         ts = torch.linspace(999, 100, steps)
         for i in range(steps):
-            sigma = torch.full((x.shape[0],), predictor.sigma(float(ts[i])), device=x.device)
+            sigma = torch.full((x.shape[0],), self.p.flavour.sigma_at(model, float(ts[i])), device=x.device)
             denoised = self.denoiser.forward(x, sigma, cond, uncond, skip_uncond=i in self.p.skip_uncond_steps)
             x = x + 0.1 * (denoised - x)
         sampling_cleanup(unet_patcher)
@@ -176,6 +213,8 @@ class ForgeProcessing:
     refiner_cond: torch.Tensor | None = None  # the refiner's conds when its context width differs
     refiner_uncond: torch.Tensor | None = None
     conds: tuple = ()
+    flavour: Flavour = FORGE2
+    fail_at_step: int | None = None  # the denoiser raises there (an interrupt, an OOM, another extension)
 
     @property
     def batch_size(self) -> int:
@@ -206,12 +245,12 @@ def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = N
             errors.append(traceback.format_exc())
 
     def new_pass(x, hires=False):
-        if hires:  # sample_hr_pass calls the hook once more *before* resetting the objects
+        if hires and p.flavour.hook_before_reset:  # Forge 2's sample_hr_pass: once more *before* the reset
             p.sampler = Sampler(p)
             p.samplers.append(p.sampler)
             hook(x)
         p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
-        if not hires:
+        if not hires or not p.flavour.hook_before_reset:
             p.sampler = Sampler(p)
             p.samplers.append(p.sampler)
         hook(x)

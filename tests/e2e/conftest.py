@@ -23,7 +23,6 @@ Optional: ``WEBUI_AUTH=user:password`` (``--api-auth``), ``WEBUI_START_TIMEOUT``
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from .webui import (
     find_checkpoint,
     is_flux_checkpoint,
     link_extension,
+    remove_created,
     write_tiny_models,
 )
 
@@ -75,9 +75,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
     keep = os.environ.get("WEBUI_E2E_KEEP") == "1"
     checkpoint = find_checkpoint(root_path)
     created: list[Path] = []
-    link = link_extension(root_path)
-    if link is not None:
-        created.append(link)
+    created.extend(link_extension(root_path))
     written = write_tiny_models(root_path, checkpoint)
     created.extend(written)
     server = WebUIProcess(root_path, tmp_path_factory.mktemp("webui") / "webui.log", checkpoint)
@@ -91,12 +89,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
     finally:
         server.stop()
         if not keep:
-            for path in reversed(created):
-                if path.is_symlink() or path.is_file():
-                    path.unlink()
-                elif path.is_dir():  # a folder a writer created, empty once its files are gone
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
+            remove_created(created)
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +122,25 @@ def model(webui: WebUI) -> str:
     if entry["compatible"] is not True:
         pytest.fail(f"model {entry['name']!r} does not fit the loaded checkpoint: {entry['reason'] or entry['error']}")
     return entry["name"]
+
+
+#: What a skip for a host's own defect starts with: never a failure of ours, never silently green.
+HOST_DEFECT = "HOST DEFECT (not this extension)"
+
+
+@pytest.fixture(scope="session")
+def repeatable_img2img(webui: WebUI) -> None:
+    """For the tests that compare img2img images pixel for pixel: skips them, naming the host's
+    defect, where identical plain img2img requests (no unit, after a warm-up) differ from each
+    other. ersatzForge fca12a2 is such a host (its ``rng.randn`` no longer reseeds the global
+    generator that the VAE's posterior sample draws from), and there such a test could not tell a
+    change of ours from the host's noise."""
+    from .test_webui_http import generate, img2img_payload, same_pixels
+
+    generate(webui.client, img2img_payload(), "img2img")  # the server's first img2img may differ from later ones
+    images = [generate(webui.client, img2img_payload(), "img2img")[0] for _ in range(3)]
+    if not all(same_pixels(images[0], other) for other in images[1:]):
+        pytest.skip(
+            f"{HOST_DEFECT}: three identical plain img2img requests, with no IP-Adapter unit, gave different "
+            "images on this WebUI, so an img2img equality test cannot tell a change of ours from the host's noise"
+        )

@@ -6,7 +6,8 @@ the server starts (so its first scan lists them), and removed with the rest afte
 * a ``.bin`` twin of the tiny adapter: the same tensors in torch's pickle format, saved by the test
   environment's torch, so the file carries the ``.format_version`` entry current torch writes (and
   A1111's 2023 allow-list in ``modules/safe.py`` would call "malicious"); see test_webui_files.py;
-* the tiny SDXL of :mod:`tests.e2e.sdxl` (``WEBUI_E2E_SDXL``; on by default for A1111); see
+* the tiny SDXL of :mod:`tests.e2e.sdxl` (``WEBUI_E2E_SDXL``; on by default for A1111), or on the
+  Forge families an adapter for a full-size SDXL checkpoint found in the install; see
   test_webui_sdxl.py;
 * the probe extension of :mod:`tests.e2e.probe` (where the host keeps the model); see
   test_webui_memory.py;
@@ -67,13 +68,15 @@ def write_extra_models(root: Path, python: str, created: list[Path], checkpoint:
     extras = ExtraModels()
     extras.bin_twin = write_bin_twin(root / "models" / "ipadapter" / ADAPTER_FILE)
     created.append(extras.bin_twin)
-    write, extras.sdxl_skipped = sdxl.wanted(root)
-    if write:
+    kind, extras.sdxl_skipped = sdxl.wanted(root)
+    if kind == "tiny":
         extras.sdxl = sdxl.write_tiny_sdxl(root, python, created)
+    elif kind == "full":
+        extras.sdxl = sdxl.write_full_sdxl_adapter(root, created)
     extras.probe = write_probe(root, created)
     folder = root / "models" / "Stable-diffusion"
     extras.refiner_twin = link_twin(checkpoint, folder / REFINER_TWIN_FILE, created)
-    if extras.sdxl is not None:
+    if kind == "tiny" and extras.sdxl is not None:
         tiny = folder / extras.sdxl.checkpoint
         extras.sdxl_refiner_twin = link_twin(tiny, folder / SDXL_REFINER_TWIN_FILE, created)
     if is_flux_checkpoint(find_checkpoint(root)):

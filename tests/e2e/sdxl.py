@@ -34,10 +34,19 @@ per request (``override_settings: {"live_previews_enable": false}``) instead of 
 into the install's ``VAE-approx`` folder.
 
 When: ``WEBUI_E2E_SDXL=1`` writes the files, ``0`` never does; unset (the default) writes them
-for an A1111 install and not for Forge, whose loader takes SDXL's text-encoder sizes from its
-bundled Hugging Face configs and cannot load a tiny one. Writing takes about a second. Only in
-``WEBUI_ROOT`` mode; everything written is listed for removal after the session (kept with
-``WEBUI_E2E_KEEP=1``; a later run then finds two checkpoints and needs ``WEBUI_CKPT``).
+for an A1111 install and not for the Forge families, whose loaders take SDXL's sizes from bundled
+configs (Forge 2's Hugging Face configs, Forge 1's ``model_detection``) and cannot load a tiny one.
+Writing takes about a second. Only in ``WEBUI_ROOT`` mode; everything written is listed for
+removal after the session (kept with ``WEBUI_E2E_KEEP=1``; a later run then finds two checkpoints
+and needs ``WEBUI_CKPT``).
+
+**Full-size SDXL** (the Forge families): a checkpoint with SDXL's real sizes (random weights do;
+about 7 GB in fp16) placed in ``models/Stable-diffusion``, named by ``WEBUI_SDXL_CKPT`` or found
+there by its shapes (70 cross-attention layers over a 2048-wide context, read from the file's
+header). The session writes only ``models/ipadapter/e2e-sdxl-base.safetensors``, a random "base"
+adapter sized to it (:func:`write_full_sdxl_adapter`). Loading it takes about 14 GB of RAM on CPU
+in fp32, so the SDXL tests skip, saying so, when less is available (``WEBUI_SDXL_MIN_FREE_GB``,
+default 12).
 
 Torch and safetensors are imported only when writing, as in :mod:`tests.e2e.webui`.
 
@@ -60,16 +69,20 @@ from .sdxl_spec import OPEN_CLIP_ARCH, SPEC, Spec
 
 CHECKPOINT_FILE = "e2e-tiny-sdxl.safetensors"
 ADAPTER_FILE = "e2e-tiny-sdxl-base.safetensors"
+FULL_ADAPTER_FILE = "e2e-sdxl-base.safetensors"
 TOKENIZER_DIR = "e2e-tiny-sdxl-clip-l"
 ENV = "WEBUI_E2E_SDXL"
+SDXL_CONTEXT = 2048
+SDXL_ATTN2_LAYERS = 70
 
 
 @dataclass
 class SdxlFiles:
-    """What :func:`write_tiny_sdxl` wrote (file names as the server lists them)."""
+    """The SDXL checkpoint and adapter of the session (file names as the server lists them)."""
 
     checkpoint: str = CHECKPOINT_FILE
     adapter: str = ADAPTER_FILE
+    full_size: bool = False  # a full-size SDXL (loading it needs memory), not the tiny one
 
 
 # ------------------------------------------------------------------------------------------- when
@@ -79,21 +92,67 @@ def is_forge(root: Path) -> bool:
     return (root / "modules_forge").is_dir() or (root / "backend" / "loader.py").is_file()
 
 
-def wanted(root: Path) -> tuple[bool, str]:
-    """(write the SDXL files?, why not) from ``WEBUI_E2E_SDXL`` and the kind of install."""
+def wanted(root: Path) -> tuple[str, str]:
+    """(``"tiny"``, ``"full"`` or ``""`` for none, why none) from ``WEBUI_E2E_SDXL`` and the install."""
     value = os.environ.get(ENV, "").strip()
     if value == "0":
-        return False, f"{ENV}=0"
+        return "", f"{ENV}=0"
     if value == "1":
-        return True, ""
+        return "tiny", ""
     if value:
         raise ValueError(f"{ENV}={value!r}: use 1 (write the tiny SDXL), 0 (don't) or leave it unset (auto)")
-    if is_forge(root):
-        return (
-            False,
-            f"Forge cannot load the tiny SDXL (its text-encoder sizes come from bundled configs); {ENV}=1 forces it",
-        )
-    return True, ""
+    if not is_forge(root):
+        return "tiny", ""
+    if find_full_sdxl(root) is None:
+        named = os.environ.get("WEBUI_SDXL_CKPT")
+        where = root / "models" / "Stable-diffusion"
+        return "", (
+            "a Forge-family WebUI cannot load the tiny SDXL (its loader takes SDXL's sizes from bundled configs), "
+            + (f"and WEBUI_SDXL_CKPT={named} is no SDXL-shaped file in {where}" if named else
+               f"and {where} holds no full-size SDXL checkpoint (random weights do; see tests/e2e/sdxl.py)")
+        )  # fmt: skip
+    return "full", ""
+
+
+def is_sdxl_shaped(path: Path) -> bool:
+    """SDXL's 70 cross-attention layers over a 2048-wide context, read from the file's header."""
+    from .webui import checkpoint_attn2
+
+    try:
+        ctx, widths = checkpoint_attn2(path)
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return ctx == SDXL_CONTEXT and len(widths) == SDXL_ATTN2_LAYERS
+
+
+def find_full_sdxl(root: Path) -> Path | None:
+    """``WEBUI_SDXL_CKPT`` (a file name in ``models/Stable-diffusion``) when SDXL-shaped, else the
+    first SDXL-shaped ``.safetensors`` there, in name order."""
+    folder = root / "models" / "Stable-diffusion"
+    named = os.environ.get("WEBUI_SDXL_CKPT")
+    candidates = [folder / named] if named else sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return next((c for c in candidates if c.is_file() and is_sdxl_shaped(c)), None)
+
+
+def write_full_sdxl_adapter(root: Path, created: list[Path], seed: int = 0) -> SdxlFiles:
+    """A random "base" adapter sized to the full-size SDXL :func:`find_full_sdxl` finds (fed by the
+    session's tiny CLIP encoder, 40-wide image embeds); the checkpoint itself is the install's."""
+    from ipadapter_ext.core.load.formats import save_adapter_tensors
+    from tests.factories import adapter_shapes, adapter_tensors
+
+    from .webui import checkpoint_attn2, new_dirs
+
+    checkpoint = find_full_sdxl(root)
+    assert checkpoint is not None
+    ctx, widths = checkpoint_attn2(checkpoint)
+    folder = root / "models" / "ipadapter"
+    created.extend(new_dirs(folder))
+    adapter = folder / FULL_ADAPTER_FILE
+    tmp = adapter.with_name(adapter.name + ".part.safetensors")
+    save_adapter_tensors(adapter_tensors(adapter_shapes("base", ctx, widths, 40, tokens=4), seed=seed + 1), tmp)
+    os.replace(tmp, adapter)
+    created.append(adapter)
+    return SdxlFiles(checkpoint.name, FULL_ADAPTER_FILE, full_size=True)
 
 
 # ---------------------------------------------------------------------------------------- writing

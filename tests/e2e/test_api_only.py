@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from .test_webui_http import REFERENCE, same_pixels, txt2img_payload
-from .webui import SCRIPT_TITLE, Client, WebUIProcess, pixels
+from .webui import SCRIPT_TITLE, Client, WebUIProcess, listening_addresses, pixels
 
 AXES = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
         "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
@@ -36,12 +36,40 @@ def api(webui, tmp_path_factory) -> Iterator[Client]:
         server.stop()
 
 
-def xyz_axis_choices(api: Client) -> list[str]:
+def xyz_script(api: Client) -> dict:
     answer = api.get("/sdapi/v1/script-info")
     assert answer.status == 200, answer.text
     (xyz,) = [s for s in answer.json() if s["name"] == "x/y/z plot" and not s["is_img2img"]]
-    (x_type,) = [a for a in xyz["args"] if a["label"] == "X type"]
+    return xyz
+
+
+def xyz_axis_choices(api: Client) -> list[str]:
+    (x_type,) = [a for a in xyz_script(api)["args"] if a["label"] == "X type"]
     return x_type["choices"]
+
+
+def xyz_script_args(api: Client, axis: str, values: str) -> list:
+    """The plot script's arguments as this WebUI declares them (its ``run()`` takes 18 on A1111 and
+    Forge, 22 on reForge), each at its UI default but the X axis, no legend, and the cell images
+    returned beside the grid."""
+    args, seen = [], set()
+    for arg in xyz_script(api)["args"]:
+        label, value = arg["label"], arg["value"]
+        if label == "X type":
+            value = arg["choices"].index(axis)
+        elif label in ("Y type", "Z type"):  # index dropdowns: the API passes the index, the UI shows the label
+            value = arg["choices"].index(value) if isinstance(value, str) else value
+        elif label == "X values" and label not in seen:  # the text box; the dropdown of the same label follows
+            value = values
+        elif label in ("X values", "Y values", "Z values") and label in seen:  # the dropdowns
+            value = value or []
+        elif label == "Include Sub Images":
+            value = True
+        elif label == "Draw legend":
+            value = False
+        seen.add(label)
+        args.append(value)
+    return args
 
 
 def assert_settings_listed(client: Client) -> None:
@@ -52,6 +80,25 @@ def assert_settings_listed(client: Client) -> None:
     assert isinstance(options.get("ipadapter_units"), int | float)
     assert isinstance(options.get("ipadapter_default_weight"), int | float)
     assert {"ipadapter_hires", "ipadapter_cache_size", "ipadapter_extra_folders"} <= set(options)
+
+
+def assert_loopback_only(base_url: str) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    addresses = listening_addresses(port)
+    if addresses is None:
+        pytest.skip("no /proc/net/tcp on this system: the listening addresses are read from Linux's /proc")
+    assert addresses == {"127.0.0.1"}, f"the test server on port {port} listens on {sorted(addresses)}"
+
+
+def test_the_api_only_server_listens_on_127_0_0_1_only(api):
+    """With --nowebui the WebUI starts uvicorn with no host (every interface) unless told one."""
+    assert_loopback_only(api.base_url)
+
+
+def test_the_ui_server_listens_on_127_0_0_1_only(webui):
+    if webui.mode != "root":
+        pytest.skip("WEBUI_URL: a server started by you, not by the suite")
+    assert_loopback_only(webui.client.base_url)
 
 
 def test_settings_are_in_the_options(api):
@@ -70,8 +117,7 @@ def test_xyz_axes_are_listed(api):
 
 def test_an_xyz_weight_axis_equals_separate_requests(api, model):
     unit = {"image": REFERENCE, "model": model, "weight": 1.0}
-    script_args = [xyz_axis_choices(api).index("[IP-Adapter] Weight"), "0, 0.8", [], 0, "", [], 0, "", [],
-                   False, True, False, False, False, False, False, 0, False]  # fmt: skip
+    script_args = xyz_script_args(api, "[IP-Adapter] Weight", "0, 0.8")
     grid = api.post("/sdapi/v1/txt2img", txt2img_payload(
         script_name="x/y/z plot", script_args=script_args, alwayson_scripts={SCRIPT_TITLE: {"args": [unit]}}))  # fmt: skip
     assert grid.status == 200, grid.text

@@ -81,7 +81,7 @@ def payload(script_names: str | None, *units: dict) -> dict:
     return with_units(body, *units) if units else body
 
 
-def test_units_join_adetailer_only_when_named(webui: WebUI, model: str, adetailer: None):
+def test_units_join_adetailer_only_when_named(webui: WebUI, model: str, adetailer: None, repeatable_img2img: None):
     # Warm-ups: on a fresh CPU server the first inpaint, and the inner pass of the first request
     # that loads a unit, differ from later identical requests (measured: max 89 levels over the
     # face crop) although no hook is on the UNet during that pass; later requests are bit-stable.

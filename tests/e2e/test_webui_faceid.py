@@ -19,7 +19,7 @@ from PIL import Image
 
 from .conftest import WebUI
 from .test_webui_http import generate, same_pixels, txt2img_payload, with_units
-from .webui import checkpoint_attn2
+from .webui import checkpoint_attn2, new_dirs
 
 FACEID, PLUS_V2 = "e2e-tiny-faceid", "e2e-tiny-faceid-plusv2"
 
@@ -41,6 +41,7 @@ def faceid(webui: WebUI) -> Iterator[dict[str, str]]:
     root = webui.root
     pack = root / "models" / "insightface" / "models" / "buffalo_l"
     created_pack = not pack.exists()
+    made = new_dirs(pack) if created_pack else []  # the folders this fixture creates, outermost first
     ctx, widths = checkpoint_attn2(webui.checkpoint)
     files = [root / "models" / "ipadapter" / f"{FACEID}.safetensors", root / "models" / "ipadapter" / f"{PLUS_V2}.bin"]
     try:
@@ -64,8 +65,8 @@ def faceid(webui: WebUI) -> Iterator[dict[str, str]]:
         if os.environ.get("WEBUI_E2E_KEEP") != "1":
             for path in files:
                 path.unlink(missing_ok=True)
-            if created_pack:
-                shutil.rmtree(pack.parent.parent, ignore_errors=True)  # models/insightface
+            if made:
+                shutil.rmtree(made[0], ignore_errors=True)  # only what this fixture created
 
 
 def unit(photos: dict, model: str = FACEID, **fields) -> dict:

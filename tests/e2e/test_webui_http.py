@@ -60,6 +60,24 @@ def generate(client: Client, payload: dict, route: str = "txt2img") -> list[str]
     return images
 
 
+_UPSCALERS: dict[str, str] = {}
+
+
+def latent_upscaler(client: Client) -> str:
+    """A latent hires upscaler this WebUI lists: "Latent" (A1111, Forge, reForge, Forge Classic),
+    else its antialiased one (ersatzForge kept only "Latent (antialiased)" and "Latent (NeuralNet)",
+    which needs a model file)."""
+    if client.base_url not in _UPSCALERS:
+        answer = client.get("/sdapi/v1/latent-upscale-modes")
+        assert answer.status == 200, answer.text
+        names = [m["name"] for m in answer.json()]
+        preferred = ["Latent", "Latent (antialiased)"] + [n for n in names if n.startswith("Latent")]
+        found = [n for n in preferred if n in names]
+        assert found, f"the WebUI lists no latent hires upscaler: {names}"
+        _UPSCALERS[client.base_url] = found[0]
+    return _UPSCALERS[client.base_url]
+
+
 def same_pixels(a: str, b: str) -> bool:
     pa, pb = pixels(a), pixels(b)
     return pa.shape == pb.shape and np.array_equal(pa, pb)
@@ -130,7 +148,7 @@ def test_hires_fix(webui: WebUI, model: str):
         "hr_scale": 2,
         "hr_second_pass_steps": 2,
         "denoising_strength": 0.5,
-        "hr_upscaler": "Latent",
+        "hr_upscaler": latent_upscaler(webui.client),
         "hr_additional_modules": ["Use same choices"],  # Forge's API fails on None; A1111 ignores it
     }
     plain = generate(webui.client, txt2img_payload(**hires))[0]

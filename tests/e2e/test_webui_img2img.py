@@ -17,7 +17,7 @@ def from_init(model: str, **fields) -> dict:
     return {**unit(model, **fields), "image": None, "image_from_init": True}
 
 
-def test_image_from_init_equals_sending_the_init_image(webui: WebUI, model: str):
+def test_image_from_init_equals_sending_the_init_image(webui: WebUI, model: str, repeatable_img2img: None):
     generate(webui.client, img2img_payload(), "img2img")  # the server's first img2img may differ from later ones
     ours = generate(webui.client, with_units(img2img_payload(), from_init(model)), "img2img")[0]
     sent = generate(webui.client, with_units(img2img_payload(), {**unit(model), "image": INIT_IMAGE}), "img2img")[0]
@@ -26,7 +26,7 @@ def test_image_from_init_equals_sending_the_init_image(webui: WebUI, model: str)
     assert not same_pixels(ours, other)
 
 
-def test_several_init_images_each_reference_their_own_image(webui: WebUI, model: str):
+def test_several_init_images_each_reference_their_own_image(webui: WebUI, model: str, repeatable_img2img: None):
     payload = txt2img_payload(init_images=[INIT_IMAGE, OTHER_INIT], denoising_strength=0.75, batch_size=2)
     # img2img's latent is a sample of the VAE's posterior, drawn from torch's global generator as
     # the previous generation left it: a warm-up of the same shape makes the three comparable
@@ -43,7 +43,7 @@ def test_several_init_images_each_reference_their_own_image(webui: WebUI, model:
     assert not close(both[0], second[0])
 
 
-def test_mask_from_inpaint_equals_drawing_the_inpaint_mask(webui: WebUI, model: str):
+def test_mask_from_inpaint_equals_drawing_the_inpaint_mask(webui: WebUI, model: str, repeatable_img2img: None):
     generate(webui.client, only_masked(), "img2img")  # the server's first inpaint differs from later ones
     plain = generate(webui.client, only_masked(), "img2img")[0]
     ours = generate(webui.client, with_units(only_masked(), unit(model, mask_from_inpaint=True)), "img2img")[0]

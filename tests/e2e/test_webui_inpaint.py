@@ -39,7 +39,7 @@ def wide_image() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_only_masked_crops_the_unit_mask_with_the_image(webui: WebUI, model: str):
+def test_only_masked_crops_the_unit_mask_with_the_image(webui: WebUI, model: str, repeatable_img2img: None):
     generate(webui.client, only_masked(), "img2img")  # the server's first inpaint differs from later ones
     plain = generate(webui.client, only_masked(), "img2img")[0]
     outside = generate(webui.client, with_units(only_masked(), unit(model, mask=half_mask(True, (128, 64)))), "img2img")

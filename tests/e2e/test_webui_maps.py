@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 from .conftest import WebUI
-from .test_webui_http import same_pixels, txt2img_payload, unit, with_units
+from .test_webui_http import latent_upscaler, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_regions import half_mask
 from .webui import Client, pixels
 
 HIRES = {"enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
-         "hr_upscaler": "Latent", "hr_additional_modules": ["Use same choices"]}  # fmt: skip
+         "hr_additional_modules": ["Use same choices"]}  # fmt: skip
 
 
 def answer(client: Client, payload: dict) -> tuple[list[str], list[str]]:
@@ -54,5 +54,6 @@ def test_two_masked_units_and_a_batch_get_a_map_each(webui: WebUI, model: str):
 
 
 def test_hires_shows_the_final_pass(webui: WebUI, model: str):
-    images, texts = answer(webui.client, with_units(txt2img_payload(**HIRES), unit(model, attention_map=True)))
+    hires = txt2img_payload(**HIRES, hr_upscaler=latent_upscaler(webui.client))
+    images, texts = answer(webui.client, with_units(hires, unit(model, attention_map=True)))
     assert maps_in(texts) == [1] and pixels(images[1]).shape[1] == 128  # drawn over the 128 px final image

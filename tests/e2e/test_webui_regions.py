@@ -13,7 +13,16 @@ import numpy as np
 from PIL import Image
 
 from .conftest import WebUI
-from .test_webui_http import REFERENCE, baseline, generate, same_pixels, txt2img_payload, unit, with_units
+from .test_webui_http import (
+    REFERENCE,
+    baseline,
+    generate,
+    latent_upscaler,
+    same_pixels,
+    txt2img_payload,
+    unit,
+    with_units,
+)
 from .webui import png_b64
 
 __all__ = ["baseline"]  # the session fixture, shared with test_webui_http
@@ -55,7 +64,7 @@ def test_all_zero_layer_weights_equal_the_baseline(webui: WebUI, model: str, bas
 
 def test_mask_with_hires_fix(webui: WebUI, model: str):
     hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
-             "hr_upscaler": "Latent", "width": 96, "height": 64, "hr_additional_modules": ["Use same choices"]}  # fmt: skip
+             "hr_upscaler": latent_upscaler(webui.client), "width": 96, "height": 64, "hr_additional_modules": ["Use same choices"]}  # fmt: skip
     image = generate(webui.client, with_units(txt2img_payload(**hires), unit(model, mask=half_mask(True))))[0]
     assert np.asarray(Image.open(io.BytesIO(base64.b64decode(image)))).shape == (96, 144, 3)
 

@@ -18,9 +18,11 @@ from .generation import (
 from .placement import current_placement, placement
 
 FAMILY = "AUTOMATIC1111"
+FLUX_MISSING = "it needs Forge with a Flux checkpoint (A1111 has no Flux)."
 
 __all__ = [
     "FAMILY",
+    "FLUX_MISSING",
     "GenerationState",
     "Placement",
     "_EngineHolder",

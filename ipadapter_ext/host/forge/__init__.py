@@ -17,9 +17,11 @@ from .generation import (
 from .placement import current_placement, forge_placement
 
 FAMILY = "Forge"
+FLUX_MISSING = ""  # Flux runs here (flux.py)
 
 __all__ = [
     "FAMILY",
+    "FLUX_MISSING",
     "ForgeState",
     "before_sampling",
     "build_ui",

@@ -1,9 +1,10 @@
 """The attn2 replace patch that adds the image term on Forge, and what it needs per call.
 
-Forge's transformer block (``backend/nn/unet.py``), when a replace patch is registered for its
-key, computes ``q = to_q(x)``, ``k = to_k(context)``, ``v = to_v(context)``, calls
+Forge's transformer block (``backend/nn/unet.py``; in Forge 1, ``ldm_patched/ldm/modules/attention.py``),
+when a replace patch is registered for its key, computes ``q = to_q(x)``, ``k = to_k(context)``, ``v = to_v(context)``, calls
 ``patch(q, k, v, extra_options)`` and applies ``to_out`` to the result itself. So the patch
-returns the pre-``to_out`` tensor: Forge's own attention (or the previous patch on that key, which
+returns the pre-``to_out`` tensor: the host's own attention kernel (``ForgeRun.attention``, named by
+the family's ``readers``), or the previous patch on that key (which
 then keeps its own contribution) plus Σ image terms from :func:`~..core.job.layer_terms`, the
 entry point A1111's hooks use too. ``to_out`` and its bias still run exactly once.
 
@@ -15,7 +16,8 @@ Start/end: the same fractions of the sampling steps as on A1111. Forge's CFG den
 (step, total, sigma) through ``on_cfg_denoiser`` before it runs the UNet; the patch uses that
 step when the call's ``extra_options["sigmas"]`` is that sigma. A UNet call outside the
 sampler's steps (another extension running the UNet itself) is gated by sigma instead, with the
-model's ``predictor.percent_to_sigma``, as Forge's own ControlNet does.
+model's schedule (Forge 2's ``predictor``, Forge 1's ``model_sampling``: ``percent_to_sigma``), as
+Forge's own ControlNet does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,18 +34,9 @@ from torch import nn
 
 from ...core.attend.attention import ImageKV, add_image_attention
 from ...core.job import PreparedUnit, layer_terms
+from .readers import Kernel, forge2_attention
 
 log = logging.getLogger("ipadapter")
-
-#: (q, k, v, heads) → attention output before ``to_out``: Forge's ``backend.attention.attention_function``.
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
-def forge_attention() -> AttentionFn:
-    """The kernel Forge chose at start-up (imported at call time: it exists only inside Forge)."""
-    from backend.attention import attention_function
-
-    return attention_function
 
 
 def row_layout(cond_or_uncond: Sequence[int], rows: int) -> tuple[bool, ...] | None:
@@ -97,6 +90,7 @@ class ForgeRun:
     per_image_refs: bool = False  # a unit has a reference per generated image
     _warned: bool = False
     chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
+    attention: Kernel = forge2_attention  # the host's own kernel (readers.py), for layers with no previous patch
     #: Per denoiser step (its progress): whether any UNet call of it ran uncond rows.
     uncond_by_step: dict[float, bool] = field(default_factory=dict)
 
@@ -173,20 +167,17 @@ class Attn2Patch:
     built-in IP-Adapter, another extension): it runs instead of the plain kernel, so its
     contribution stays and ours is added on top, like two units."""
 
-    def __init__(self, layer: int, run: ForgeRun, previous: Any = None, attention: AttentionFn | None = None) -> None:
+    def __init__(self, layer: int, run: ForgeRun, previous: Any = None) -> None:
         self.layer = layer
         self.run = run
         self.previous = previous
-        self._attention = attention
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = int(extra_options["n_heads"])
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            if self._attention is None:
-                self._attention = forge_attention()
-            out = self._attention(q, k, v, heads)
+            out = self.run.attention(q, k, v, extra_options)
         terms = self.run.terms(self.layer, q, extra_options)
         if not terms:
             return out
@@ -199,12 +190,19 @@ class Attn2Patch:
     def set_new_condition(self, **kwargs: Any) -> None:
         """Forge's built-in IP-Adapter adds its unit to whatever object holds its key through
         this method; hand it to the patch we wrapped so its unit still applies."""
-        if self.previous is not None and hasattr(self.previous, "set_new_condition"):
-            self.previous.set_new_condition(**kwargs)
+        self._forward_to_previous("set_new_condition", kwargs, "built-in IP-Adapter")
+
+    def add(self, callback: Any, **kwargs: Any) -> None:
+        """ersatzForge's built-in PuLID adds to the object holding its key through ``add``."""
+        self._forward_to_previous("add", {"callback": callback, **kwargs}, "PuLID")
+
+    def _forward_to_previous(self, method: str, kwargs: dict, who: str) -> None:
+        if self.previous is not None and hasattr(self.previous, method):
+            getattr(self.previous, method)(**kwargs)
             return
         raise RuntimeError(
-            "IP-Adapter (extension) holds this attn2 patch key, so Forge's built-in IP-Adapter cannot add its unit. "
-            "Keep this extension's script after sd_forge_controlnet (the default order)."
+            f"IP-Adapter (extension) holds this attn2 patch key, so the WebUI's {who} cannot add its unit. "
+            "Keep this extension's script after the WebUI's built-in ControlNet (the default order)."
         )
 
 

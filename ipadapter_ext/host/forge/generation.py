@@ -27,9 +27,10 @@ Lifetime, per generation:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...ui.infotext import KEY
+from ...core.errors import IPAdapterError
 from ..common import (
     StateBase,
     append_faces,
@@ -48,8 +49,14 @@ from . import flux as forge_flux
 from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
 from .flux_context import ContextUnits, attention_namespace
 from .placement import current_placement, forge_placement
+from .readers import FORGE2, Readers
 
-BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's patch class
+#: patch classes of the hosts' built-in image prompts (extensions-builtin/sd_forge_ipadapter: in every
+#: Forge family ``lib_ipadapter``'s ``CrossAttentionPatch``; in ersatzForge also PuLID's ``Attn2Replace``)
+BUILTIN_PATCHES = {
+    "CrossAttentionPatch": "the WebUI's built-in IP-Adapter (a ControlNet unit)",
+    "Attn2Replace": "PuLID (the WebUI's built-in sd_forge_ipadapter, or an extension)",
+}
 
 
 @dataclass
@@ -67,6 +74,9 @@ class ForgeState(StateBase):
             self.count_uncond(self.run.steps_seen, self.run.uncond_skipped_steps)
             self.run = None
 
+    #: what differs between the patcher families (kernel, schedule, dtype); Forge 1 sets its own
+    readers: ClassVar[Readers] = FORGE2
+
     def end_pass(self, p: Any) -> None:
         self.patched = None
         if self.job is not None:
@@ -82,8 +92,11 @@ class ForgeState(StateBase):
     def patch(self, sd_model: Any) -> None:
         """Prepare (or reuse) the job, then clone-patch-set the UNet patcher of this pass."""
         patcher = sd_model.forge_objects.unet
+        flux = is_flux(patcher.model.diffusion_model)
+        if flux and self.readers.no_flux:
+            raise IPAdapterError(self.readers.no_flux)
         signature = model_signature(sd_model)
-        place = forge_placement(patcher)
+        place = forge_placement(patcher, self.readers.dtype(patcher))
         requests, seeds = self.prepared_requests()
         key = (signature, place.device, place.dtype, seeds)
         if self.job is not None and key != self.key and (problem := self.fits(signature)) is not None:
@@ -102,7 +115,8 @@ class ForgeState(StateBase):
         """Clone the model's UNet patcher, put the job's units on the clone, set it back."""
         assert self.job is not None
         patcher = sd_model.forge_objects.unet
-        run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
+        ranges = _sigma_ranges(self.readers.schedule(patcher), self.job.units)
+        run = ForgeRun(self.job.units, ranges, self.clock, self.job.upcast, self.maps, attention=self.readers.attention)
         run.per_image_refs = self.job.per_image_refs
         self.count_run()
         self.run = run
@@ -110,7 +124,7 @@ class ForgeState(StateBase):
             self.close_flux_run()  # an earlier pass's patches, if still on the model, stay inert
             context = None
             if self.job.context:
-                ranges = _sigma_ranges(patcher, self.job.context)
+                ranges = _sigma_ranges(self.readers.schedule(patcher), self.job.context)
                 context_run = ForgeRun(self.job.context, ranges, self.clock)  # type: ignore[arg-type]
                 context = ContextUnits(
                     self.job.context, context_run, attention_namespace(patcher.model.diffusion_model)
@@ -126,7 +140,11 @@ class ForgeState(StateBase):
         # (the clone Forge discards cannot carry them: its modules are the same objects). Their
         # weights, cast to the UNet's dtype on its device, are memory Forge is told to keep free.
         self.job.attach_loras(clone.model.diffusion_model)
-        lora_bytes = sum(u.lora.nbytes(place_dtype(clone)) for u in self.job.units if u.applies_lora and u.lora)
+        lora_bytes = sum(
+            u.lora.nbytes(forge_placement(clone, self.readers.dtype(clone)).dtype)
+            for u in self.job.units
+            if u.applies_lora and u.lora
+        )
         if lora_bytes:
             clone.add_extra_preserved_memory_during_sampling(lora_bytes)
         for text in coexistence_notes(run):
@@ -148,11 +166,6 @@ class ForgeState(StateBase):
 
         sampling_prepare(sd_model.forge_objects.unet, x=x)
         self.note(f"IP-Adapter: applied to the refiner ({signature.family}) too.")
-
-
-def place_dtype(patcher: Any) -> Any:
-    """The dtype the UNet computes in (what the LoRA weights are cast to)."""
-    return forge_placement(patcher).dtype
 
 
 def register_patches(patcher: Any, run: ForgeRun) -> None:
@@ -183,20 +196,20 @@ def register_patches(patcher: Any, run: ForgeRun) -> None:
 def coexistence_notes(run: ForgeRun) -> list[str]:
     notes = []
     for name, layers in sorted(run.chained.items()):
-        who = "Forge's built-in IP-Adapter (ControlNet)" if name == BUILTIN_PATCH else f"another attn2 patch ({name})"
+        who = BUILTIN_PATCHES.get(name, f"another attn2 patch ({name})")
         notes.append(
-            f"IP-Adapter: {who} is also active on {layers} cross-attention layers; both apply, "
-            "their image terms add up like two IP-Adapter units."
+            f"IP-Adapter: {who} is also active on {layers} cross-attention layers; both apply, this extension's "
+            "units after it, and their image terms add up like two IP-Adapter units."
         )
     return notes
 
 
-def _sigma_ranges(patcher: Any, units: list) -> list[tuple[float, float]]:
-    """(sigma at start, sigma at end) per unit, for UNet calls the denoiser did not report."""
-    predictor = getattr(patcher.model, "predictor", None)
-    if predictor is None:
+def _sigma_ranges(schedule: Any, units: list) -> list[tuple[float, float]]:
+    """(sigma at start, sigma at end) per unit, for UNet calls the denoiser did not report; from the
+    model's sigma schedule (the family's ``readers.schedule``)."""
+    if schedule is None or not hasattr(schedule, "percent_to_sigma"):
         return [(float("inf"), 0.0) for _ in units]
-    return [(float(predictor.percent_to_sigma(u.start)), float(predictor.percent_to_sigma(u.end))) for u in units]
+    return [(float(schedule.percent_to_sigma(u.start)), float(schedule.percent_to_sigma(u.end))) for u in units]
 
 
 def process(p: Any, args: tuple) -> None:

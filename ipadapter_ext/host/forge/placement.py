@@ -10,13 +10,14 @@ from ...core.engine import Placement
 from ..settings import opt
 
 
-def forge_placement(patcher: Any) -> Placement:
+def forge_placement(patcher: Any, dtype: torch.dtype | None = None) -> Placement:
     """Forge keeps the UNet offloaded between generations and loads it to ``load_device`` when
-    sampling starts, so K/V go there, in the dtype the UNet computes in. The encoder always
-    leaves the GPU after encoding: Forge's memory manager does not know about it."""
+    sampling starts, so K/V go there, in the dtype the UNet computes in (``dtype``, as the family's
+    ``readers.dtype`` read it; else Forge 2's ``computation_dtype``, else the UNet's own). The
+    encoder always leaves the GPU after encoding: Forge's memory manager does not know about it."""
     unet = patcher.model.diffusion_model
     device = torch.device(patcher.load_device)
-    dtype = getattr(patcher.model, "computation_dtype", None) or getattr(unet, "dtype", torch.float32)
+    dtype = dtype or getattr(patcher.model, "computation_dtype", None) or getattr(unet, "dtype", torch.float32)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     return Placement(

@@ -1,3 +1,3 @@
-"""Marker double: Forge ships a ``modules_forge`` package; its presence is how the extension
-detects the host (``ipadapter_ext.host.is_forge``). This directory is put on ``sys.path`` only
-by the Forge tests."""
+"""Marker double: both Forge families ship a ``modules_forge`` package; with ``backend/patcher/unet.py``
+it tells Forge 2 (``ipadapter_ext.host.detect``). This directory is put on ``sys.path`` only by the
+Forge tests."""

@@ -1,0 +1,1 @@
+"""Marker double of Forge's ``backend/patcher`` package (see unet.py)."""
