@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from contextlib import AbstractContextManager
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..core.encode.faces import FaceReferences

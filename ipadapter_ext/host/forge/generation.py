@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...ui.infotext import KEY
 from ...core.errors import IPAdapterError
+from ...ui.infotext import KEY
 from ..common import (
     StateBase,
     append_faces,
