@@ -53,7 +53,7 @@ def keypoints_png(engine: Engine, image: Any, resolution: int) -> str:
 
     from ..core.face.errors import NoFaceError
     from ..core.face.insightface_compat import InsightFaceApp
-    from ..core.load.detect import FACE_PACK_BY_VARIANT
+    from ..core.load.adapter_info import FACE_PACK_BY_VARIANT
     from ..interop.instantid_keypoints import keypoint_image
 
     faces = engine.faces

@@ -19,8 +19,7 @@ import torch
 
 from .attend.context import DOWNSAMPLE_RANGE, ContextUnit, StrengthMode, downsample_tokens
 from .attend.kv import TokenSet, UnitKV
-from .attend.masks import RegionMask
-from .attend.weights import WeightType, composition_transformers, transformer_weights
+from .attend.weights import WeightType, composition_transformers
 from .encode.cache import EmbeddingCache
 from .encode.combine import combine_encoded
 from .encode.encoder import ImageEncoder, load_encoder
@@ -32,14 +31,15 @@ from .errors import IncompatibleModelError, IPAdapterError
 from .job import Job, PreparedUnit
 from .load import progress
 from .load.adapter import IPAdapterModel
+from .load.adapter_info import FACE_PACK_BY_VARIANT, EncoderOutput
 from .load.compat import UNetSignature, check_encoder, check_unet
-from .load.detect import FACE_PACK_BY_VARIANT, EncoderOutput
 from .load.loaded import ModelCache, file_key, held_bytes
 from .load.registry import ModelRegistry
 from .placement import Placement, running_on
 from .project.projections import EncodedImages
 from .reference_tokens import ReferenceTokens, TokenBuilder
 from .request import AUTO, UnitRequest
+from .unit_checks import embeds_tokens, layer_weights, refuse_image_craft, region_mask
 
 __all__ = ["AUTO", "Engine", "Placement", "UnitRequest", "running_on"]
 
@@ -59,24 +59,6 @@ class UnitTokens:
     encoder_name: str
     references: ReferenceTokens
     composition: ReferenceTokens | None = None
-
-
-def _refuse_image_craft(req: UnitRequest, why: str) -> None:
-    """Tiles, reference masks, sharpening and composition images shape how CLIP sees an image."""
-    given = [
-        name
-        for name, on in (
-            ("crop 'tiles'", req.crop == "tiles"),
-            ("reference_mask", req.reference_mask is not None),
-            ("sharpening", req.sharpening > 0),
-            ("composition_image", bool(req.composition_images)),
-        )
-        if on
-    ]
-    if given:
-        raise IPAdapterError(
-            f"{why}, so {', '.join(given)} cannot apply. Remove {'it' if len(given) == 1 else 'them'}."
-        )
 
 
 #: Default bounds of the loaded-model caches: three units with three adapters, and the two
@@ -215,10 +197,10 @@ class Engine:
                 "embeds to make. Send the image in the unit itself."
             )
         if req.embeds is not None:
-            _refuse_image_craft(req, "embeds already are tokens")
-            return UnitTokens(adapter, "embeds", ReferenceTokens(TokenSet(*self._embeds_tokens(req, adapter))))
+            refuse_image_craft(req, "embeds already are tokens")
+            return UnitTokens(adapter, "embeds", ReferenceTokens(TokenSet(*embeds_tokens(req, adapter))))
         if adapter.info.encoder.output in FACE_OUTPUTS:
-            _refuse_image_craft(
+            refuse_image_craft(
                 req, f"'{req.model}' is a FaceID model, whose face is found and cropped by the face analysis"
             )
             name, cond, uncond = self._face_tokens(req, adapter, place)
@@ -305,21 +287,6 @@ class Engine:
         tokens = adapter.project(enc.map(lambda t: t.to(place.device)), shortcut)
         return tokens.reshape(1, -1, tokens.shape[-1])
 
-    @staticmethod
-    def _embeds_tokens(req: UnitRequest, adapter: IPAdapterModel) -> tuple[torch.Tensor, torch.Tensor]:
-        cond, uncond, made_for = req.embeds  # type: ignore[misc]
-        if made_for != req.model or cond.shape[-1] != adapter.info.context_dim:
-            raise IPAdapterError(
-                f"the embeds were made for model '{made_for}' ({cond.shape[-1]}-wide tokens), not '{req.model}'. "
-                "Use that model, or encode the image again with this one."
-            )
-        if req.negative_images or req.noise > 0 or req.noise_blur > 0:
-            raise IPAdapterError(
-                "embeds already hold their uncond tokens, so negative_image and noise cannot apply. "
-                "Send them to /ipadapter/v1/encode with the image instead, or send the image itself."
-            )
-        return cond, uncond
-
     def prepare_unit(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> PreparedUnit | ContextUnit:
         """A unit ready for sampling: K/V for an IP-Adapter, context tokens for Flux Redux."""
         with self.lock:
@@ -334,8 +301,8 @@ class Engine:
                 raise IncompatibleModelError(f"{exc} {self._fitting_models(unet)}") from exc
             if info.variant == "flux-redux":
                 return self._prepare_redux(req, unet, place)
-        weights = self._layer_weights(req, unet)
-        mask = self._mask(req)
+        weights = layer_weights(req, unet)
+        mask = region_mask(req)
         alt_layers: frozenset[int] = frozenset()
         if req.composition_images:
             layout = composition_transformers(unet.transformer_blocks)
@@ -374,7 +341,7 @@ class Engine:
 
     def _prepare_redux(self, req: UnitRequest, unet: UNetSignature, place: Placement) -> ContextUnit:
         """Redux: its tokens (downsampled; multiplied by the strength in ``scale`` mode), built once."""
-        self._layer_weights(req, unet)  # weight types and layer weights do not apply on Flux
+        layer_weights(req, unet)  # weight types and layer weights do not apply on Flux
         if req.weight < 0:
             raise IPAdapterError(
                 f"Redux's strength is the unit's weight, which is {req.weight:g}; use 0 or more "
@@ -388,7 +355,7 @@ class Engine:
             )
         if not DOWNSAMPLE_RANGE[0] <= req.redux_downsample <= DOWNSAMPLE_RANGE[1]:
             raise IPAdapterError(f"redux_downsample must be 1 to 9, not {req.redux_downsample}.")
-        mask = self._mask(req)
+        mask = region_mask(req)
         adapter, encoder_name, cond = self._redux_tokens(req, place)
         if req.redux_strength_mode is StrengthMode.SCALE and req.weight != 1:
             cond = cond * req.weight
@@ -403,36 +370,6 @@ class Engine:
             f"{adapter.info.name} · {req.model} + {encoder_name}",
             downsample=req.redux_downsample,
         )
-
-    @staticmethod
-    def _layer_weights(req: UnitRequest, unet: UNetSignature):
-        if unet.arch == "flux" and (req.weight_type != WeightType.LINEAR or req.layer_weights is not None):
-            raise IPAdapterError(
-                "weight types and layer weights address the SD UNet's blocks, which Flux does not have. "
-                "On Flux use the 'linear' weight type without layer_weights (weight, start and end still apply)."
-            )
-        if not unet.transformer_index:  # a host that cannot map its layers: only a uniform weight
-            if req.weight_type != WeightType.LINEAR or req.layer_weights is not None:
-                raise IPAdapterError(
-                    "this UNet's layers could not be mapped to transformer blocks, so only the 'linear' weight "
-                    "type without layer_weights can be used."
-                )
-            return transformer_weights(WeightType.LINEAR, req.weight, ("input",) * len(unet.attn2_widths))
-        return transformer_weights(
-            req.weight_type, req.weight, unet.transformer_blocks, req.composition_weight, req.layer_weights,
-            style_boost=req.style_boost, composition_boost=req.composition_boost,
-        )  # fmt: skip
-
-    @staticmethod
-    def _mask(req: UnitRequest) -> RegionMask | None:
-        if req.mask is None:
-            return None
-        if float(req.mask.max()) <= 0:
-            raise IPAdapterError(
-                "the mask is black everywhere, so the unit would do nothing. Paint white where the reference "
-                "should act, or remove the mask."
-            )
-        return RegionMask(req.mask)
 
     def prepare(self, requests: Sequence[UnitRequest], unet: UNetSignature, place: Placement) -> Job:
         """All units or none: the first failing unit raises, naming its number."""

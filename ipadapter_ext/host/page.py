@@ -17,7 +17,7 @@ from .unet import model_signature
 
 def face_status(info: Any) -> str:
     """For FaceID models: whether onnxruntime and the face pack are there, and what to do if not."""
-    from ..core.load.detect import FACE_PACK_BY_VARIANT, EncoderOutput
+    from ..core.load.adapter_info import FACE_PACK_BY_VARIANT, EncoderOutput
 
     if info.encoder.output not in (EncoderOutput.FACE, EncoderOutput.FACE_AND_PENULTIMATE):
         return ""

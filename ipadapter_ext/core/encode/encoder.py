@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EncoderError, ModelFileError
-from ..load.detect import KNOWN_HIDDEN
+from ..load.adapter_info import KNOWN_HIDDEN
 from ..load.formats import Shape, guess_content, read_flat_tensors, read_shapes
 from ..project.projections import EncodedImages
 from .preprocess import CLIP_MEAN, CLIP_STD

@@ -24,7 +24,8 @@ from ..attend.lora import FaceIDLoRA
 from ..encode.encoder import ClipVisionEncoder, ImageEncoder
 from ..errors import ModelFileError
 from ..project.projections import EncodedImages, Projection, build_projection
-from .detect import AdapterInfo, detect_adapter
+from .adapter_info import AdapterInfo
+from .detect import detect_adapter
 from .formats import AdapterTensors, load_adapter_tensors
 
 

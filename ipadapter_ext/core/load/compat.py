@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..encode.encoder import EncoderSpec
 from ..errors import IncompatibleModelError
-from .detect import KNOWN_CONTEXT, AdapterInfo, EncoderOutput
+from .adapter_info import KNOWN_CONTEXT, AdapterInfo, EncoderOutput
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import TypeVar
 
 from ..encode.encoder import ClipVisionSpec, EncoderSpec, SiglipVisionSpec, infer_encoder_spec
 from ..errors import IPAdapterError
+from .adapter_info import AdapterInfo
 from .compat import compatible_encoders
-from .detect import AdapterInfo, detect_adapter
+from .detect import detect_adapter
 from .formats import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_shapes
 
 #: Pickles in ControlNet's folder are loaded only when their file name contains one of these.

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IncompatibleModelError, ModelFileError
-from ..load.detect import AdapterInfo, EncoderOutput, ProjectionKind
+from ..load.adapter_info import AdapterInfo, EncoderOutput, ProjectionKind
 
 
 @dataclass
