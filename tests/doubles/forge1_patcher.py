@@ -14,7 +14,9 @@ Haoming02/sd-webui-forge-classic ``classic`` at 1f95d717:
   has one).
 * ``modules_forge/unet_patcher.py`` ``UnetPatcher``: ``clone()`` also copies the list
   ``extra_model_patchers_during_sampling``; ``add_extra_torch_module_during_sampling(m,
-  cast_to_unet_dtype=True)`` wraps ``m`` in a ``ModelPatcher`` appended to that list.
+  cast_to_unet_dtype=True)`` wraps ``m`` in a ``ModelPatcher`` appended to that list;
+  ``extra_preserved_memory_during_sampling`` (copied by ``clone()``) grows by
+  ``add_extra_preserved_memory_during_sampling(bytes)``.
 * ``ldm_patched/modules/model_base.py`` ``BaseModel``: ``diffusion_model``, ``model_sampling``,
   ``manual_cast_dtype`` (the compute dtype when weights are cast), ``get_dtype()`` (the UNet's).
   No ``predictor``, no ``computation_dtype`` (those are Forge 2's).
@@ -104,11 +106,16 @@ class UnetPatcher(ModelPatcher):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_model_patchers_during_sampling = []
+        self.extra_preserved_memory_during_sampling = 0
 
     def clone(self):
         n = super().clone()
         n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
+        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
         return n
+
+    def add_extra_preserved_memory_during_sampling(self, memory_in_bytes):
+        self.extra_preserved_memory_during_sampling += memory_in_bytes
 
     def add_extra_torch_module_during_sampling(self, m, cast_to_unet_dtype=True):
         if cast_to_unet_dtype:
