@@ -132,7 +132,7 @@ def generate(env, monkeypatch, refiner: str | None = None, gpu: bool = False, **
 
 
 def check_resident() -> None:
-    for value in forge.engine().loaded._items.values():
+    for value in [*forge.engine().adapters.values(), *forge.engine().encoders.values()]:
         module = value.model if isinstance(value, ClipVisionEncoder) else getattr(value, "projection", None)
         if module is not None:
             assert module_device_types(module) == {"cpu"}, type(value).__name__

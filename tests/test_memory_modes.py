@@ -156,7 +156,7 @@ def generate(
 
 def check_resident(host) -> None:
     """After the generation nothing of ours is left on the device: encoders and projections."""
-    loaded = a1111.engine().loaded._items.values()
+    loaded = [*a1111.engine().adapters.values(), *a1111.engine().encoders.values()]
     for value in loaded:
         module = value.model if isinstance(value, ClipVisionEncoder) else getattr(value, "projection", None)
         if module is not None:
@@ -239,7 +239,11 @@ def lora_hooks(unet) -> int:
 
 
 def encoder_devices() -> set[str]:
-    found = [v for v in a1111.engine().loaded._items.values() if isinstance(v, ClipVisionEncoder)]
+    found = [
+        v
+        for v in [*a1111.engine().adapters.values(), *a1111.engine().encoders.values()]
+        if isinstance(v, ClipVisionEncoder)
+    ]
     assert found
     return set().union(*(module_device_types(e.model) for e in found))
 
