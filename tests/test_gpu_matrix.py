@@ -99,3 +99,22 @@ def test_a_run_reads_its_report_and_a_run_without_one_is_a_failure(tmp_path):
     broken.command = [sys.executable, "-c", "raise SystemExit(4)"]
     gpu_matrix.run(broken, timeout=60)
     assert broken.failed and "no JUnit report" in broken.note
+
+
+def test_a_run_out_of_time_is_interrupted_so_it_can_clean_up(tmp_path):
+    """pytest stops on Ctrl+C through its fixtures' teardown (the WebUI stopped, the install
+    cleaned); a kill would leave the WebUI, which runs in its own process group, behind."""
+    (run,) = gpu_matrix.plan(tmp_path, ["plain"], "", tmp_path, [])
+    cleaned = tmp_path / "cleaned"
+    sleeper = textwrap.dedent(f"""
+        import pathlib, time
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pathlib.Path({str(cleaned)!r}).write_text("yes")
+            raise SystemExit(2)
+    """)
+    run.command = [sys.executable, "-c", sleeper]
+    gpu_matrix.run(run, timeout=8)  # time for the child to reach its try
+    assert cleaned.read_text() == "yes"
+    assert run.returncode == 124 and "timed out" in run.note and run.failed
