@@ -41,6 +41,14 @@ def test_dry_run_plans_one_suite_run_per_flag_and_runs_nothing(a1111_root, tmp_p
     assert "GPU: " in printed and "(cells: passed/failed/skipped)" in printed
 
 
+def test_flag_values_that_start_with_a_dash_need_no_equals_sign(a1111_root, capsys):
+    argv = ["--root", str(a1111_root), "--flags", "--lowvram,plain", "--base-args", "--use-cpu all", "--dry-run"]
+    assert gpu_matrix.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[--lowvram] " in printed and "WEBUI_ARGS='--use-cpu all --lowvram'" in printed
+    assert "[plain] " in printed and "[--medvram]" not in printed
+
+
 def test_forge_gets_its_own_flags(a1111_root, capsys):
     (a1111_root / "modules_forge").mkdir()
     assert gpu_matrix.main(["--root", str(a1111_root), "--dry-run"]) == 0

@@ -201,12 +201,28 @@ def table(runs: Sequence[FlagRun]) -> str:
     return "\n".join(lines)
 
 
+def glue_dashed_values(argv: list[str]) -> list[str]:
+    """``--flags --medvram`` as ``--flags=--medvram`` (likewise ``--base-args``): argparse takes a
+    value that starts with a dash for another option, and these values are WebUI options."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--flags", "--base-args") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
     extra: list[str] = []
     if "--" in argv:
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1 :]
+    argv = glue_dashed_values(argv)
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.gpu_matrix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=os.environ.get("WEBUI_ROOT"), help="the WebUI install folder (WEBUI_ROOT)")
     parser.add_argument("--flags", help="comma-separated flags, 'plain' for none (default: per host, see above)")
