@@ -41,6 +41,14 @@ def test_dry_run_plans_one_suite_run_per_flag_and_runs_nothing(a1111_root, tmp_p
     assert "GPU: " in printed and "(cells: passed/failed/skipped)" in printed
 
 
+def test_flag_values_that_start_with_a_dash_need_no_equals_sign(a1111_root, capsys):
+    argv = ["--root", str(a1111_root), "--flags", "--lowvram,plain", "--base-args", "--use-cpu all", "--dry-run"]
+    assert gpu_matrix.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[--lowvram] " in printed and "WEBUI_ARGS='--use-cpu all --lowvram'" in printed
+    assert "[plain] " in printed and "[--medvram]" not in printed
+
+
 def test_forge_gets_its_own_flags(a1111_root, capsys):
     (a1111_root / "modules_forge").mkdir()
     assert gpu_matrix.main(["--root", str(a1111_root), "--dry-run"]) == 0
@@ -99,3 +107,22 @@ def test_a_run_reads_its_report_and_a_run_without_one_is_a_failure(tmp_path):
     broken.command = [sys.executable, "-c", "raise SystemExit(4)"]
     gpu_matrix.run(broken, timeout=60)
     assert broken.failed and "no JUnit report" in broken.note
+
+
+def test_a_run_out_of_time_is_interrupted_so_it_can_clean_up(tmp_path):
+    """pytest stops on Ctrl+C through its fixtures' teardown (the WebUI stopped, the install
+    cleaned); a kill would leave the WebUI, which runs in its own process group, behind."""
+    (run,) = gpu_matrix.plan(tmp_path, ["plain"], "", tmp_path, [])
+    cleaned = tmp_path / "cleaned"
+    sleeper = textwrap.dedent(f"""
+        import pathlib, time
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pathlib.Path({str(cleaned)!r}).write_text("yes")
+            raise SystemExit(2)
+    """)
+    run.command = [sys.executable, "-c", sleeper]
+    gpu_matrix.run(run, timeout=8)  # time for the child to reach its try
+    assert cleaned.read_text() == "yes"
+    assert run.returncode == 124 and "timed out" in run.note and run.failed

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 A1111_FLAGS = ("plain", "--medvram-sdxl", "--lowvram", "--medvram")
 FORGE_FLAGS = ("plain", "--always-low-vram", "--always-offload-from-vram")
 PLAIN = "plain"
+#: Seconds a timed-out run gets to stop its WebUI and clean up after Ctrl+C.
+STOP_GRACE_S = 180.0
 
 
 @dataclass
@@ -107,18 +110,29 @@ def run(flag_run: FlagRun, timeout: float) -> None:
     env = {**os.environ, **flag_run.env}
     start = time.monotonic()
     with open(flag_run.log, "wb") as log:
+        proc = subprocess.Popen(flag_run.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            done = subprocess.run(
-                flag_run.command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
-            )
-            flag_run.returncode = done.returncode
+            flag_run.returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            stop(proc)
             flag_run.returncode, flag_run.note = 124, f"timed out after {timeout:.0f} s"
     flag_run.seconds = time.monotonic() - start
     if flag_run.junit.is_file():
         flag_run.files = read_junit(flag_run.junit)
     elif not flag_run.note:
         flag_run.note = f"no JUnit report (pytest exit {flag_run.returncode}); see {flag_run.log}"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a pytest run that ran out of time the way Ctrl+C does, so that its fixtures stop the
+    WebUI it started (in a process group of its own, which killing pytest would leave running) and
+    remove what the suite wrote into the install; killed only if that takes too long."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def describe_machine(root: Path) -> list[str]:
@@ -187,12 +201,28 @@ def table(runs: Sequence[FlagRun]) -> str:
     return "\n".join(lines)
 
 
+def glue_dashed_values(argv: list[str]) -> list[str]:
+    """``--flags --medvram`` as ``--flags=--medvram`` (likewise ``--base-args``): argparse takes a
+    value that starts with a dash for another option, and these values are WebUI options."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--flags", "--base-args") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
     extra: list[str] = []
     if "--" in argv:
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1 :]
+    argv = glue_dashed_values(argv)
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.gpu_matrix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=os.environ.get("WEBUI_ROOT"), help="the WebUI install folder (WEBUI_ROOT)")
     parser.add_argument("--flags", help="comma-separated flags, 'plain' for none (default: per host, see above)")
