@@ -74,7 +74,11 @@ def build(dtype: torch.dtype, device: str, g: torch.Generator) -> dict[str, Prep
     return {
         "1 image": PreparedUnit(1, adapter, UnitKV(adapter, one, uncond_one, device, dtype), 0.8),
         "3 tiles": PreparedUnit(
-            1, adapter, UnitKV(adapter, three, uncond_three, device, dtype, groups=3), 0.8, tiling=tiling,
+            1,
+            adapter,
+            UnitKV(adapter, three, uncond_three, device, dtype, groups=3),
+            0.8,
+            tiling=tiling,
             bands=BandMasks(tiling),
         ),
         "3 images": PreparedUnit(1, adapter, UnitKV(adapter, three, uncond_three, device, dtype), 0.8),
@@ -139,7 +143,9 @@ def main() -> None:
         med = {name: statistics.median(v) * 1000 for name, v in series.items()}
         low = {name: min(v) * 1000 for name, v in series.items()}
         for name in names:
-            print(f"{label:4s} {name:8s} {med[name]:10.1f} ms/step median  {low[name]:10.1f} min  ({len(series[name])} steps)")
+            print(
+                f"{label:4s} {name:8s} {med[name]:10.1f} ms/step median  {low[name]:10.1f} min  ({len(series[name])} steps)"
+            )
         for name in names[1:]:
             print(f"{label:4s} {name} / 1 image = {med[name] / med['1 image']:.4f} (median)  "
                   f"{low[name] / low['1 image']:.4f} (min)")  # fmt: skip

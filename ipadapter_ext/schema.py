@@ -185,7 +185,11 @@ class IPAdapterUnit(BaseModel):
         """Before style_boost existed, "precise style transfer" took its negative layers' weight from
         composition_weight; a request that gives only that keeps meaning what it meant."""
         given = given_fields(self)
-        if self.weight_type is WeightType.PRECISE_STYLE and "style_boost" not in given and "composition_weight" in given:
+        if (
+            self.weight_type is WeightType.PRECISE_STYLE
+            and "style_boost" not in given
+            and "composition_weight" in given
+        ):
             return self.composition_weight
         return self.style_boost
 

@@ -66,7 +66,9 @@ def _refuse_image_craft(req: UnitRequest, why: str) -> None:
         if on
     ]
     if given:
-        raise IPAdapterError(f"{why}, so {', '.join(given)} cannot apply. Remove {'it' if len(given) == 1 else 'them'}.")
+        raise IPAdapterError(
+            f"{why}, so {', '.join(given)} cannot apply. Remove {'it' if len(given) == 1 else 'them'}."
+        )
 
 
 class LoadedModels:
@@ -174,14 +176,18 @@ class Engine:
             _refuse_image_craft(req, "embeds already are tokens")
             return UnitTokens(adapter, "embeds", ReferenceTokens(TokenSet(*self._embeds_tokens(req, adapter))))
         if adapter.info.encoder.output in FACE_OUTPUTS:
-            _refuse_image_craft(req, f"'{req.model}' is a FaceID model, whose face is found and cropped by the face analysis")
+            _refuse_image_craft(
+                req, f"'{req.model}' is a FaceID model, whose face is found and cropped by the face analysis"
+            )
             name, cond, uncond = self._face_tokens(req, adapter, place)
             return UnitTokens(adapter, name, ReferenceTokens(TokenSet(cond, uncond)))
         encoder_name, encoder = self._encoder(req, adapter, place)
         encoder.to(place.device)
         adapter.to(place.device)
         try:
-            builder = TokenBuilder(req, adapter, encoder, self.embeddings, lambda enc: self._project(adapter, enc, place))
+            builder = TokenBuilder(
+                req, adapter, encoder, self.embeddings, lambda enc: self._project(adapter, enc, place)
+            )
             return UnitTokens(adapter, encoder_name, builder.references(), builder.composition())
         finally:
             if place.offload_encoder:

@@ -85,7 +85,9 @@ class UnitKV:
         self.kv = adapter.layer_kv(tokens, device, dtype)
         self.groups = [groups] * len(self.kv)
         if alt is not None and alt_layers:
-            for layer, kv in zip(alt_layers, adapter.layer_kv(_stacked(alt, n), device, dtype, alt_layers), strict=True):
+            for layer, kv in zip(
+                alt_layers, adapter.layer_kv(_stacked(alt, n), device, dtype, alt_layers), strict=True
+            ):
                 self.kv[layer] = kv
                 self.groups[layer] = alt.groups
         self.swapped = tuple(bool(s) for s in swapped) or (False,) * len(self.kv)
