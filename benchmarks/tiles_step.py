@@ -12,7 +12,10 @@ softmax and its band of the output. This prints, from one run, the time of one U
 the variants interleaved (one step of each per round, order rotated every round), median and min
 over the rounds, and the ratios to ``1 image``. Goal: 3 tiles / 1 image ≤ 1.01. On a CPU it also
 prints the process's CPU time per step (all threads), which other processes' load disturbs far
-less than the wall time on a shared machine.
+less than the wall time on a shared machine. Last, the ``ip`` lines time the image-prompt path
+alone (every layer's terms and their attention, replayed on one step's recorded queries, minimum
+over ``--ip-rounds``) and divide the extra cost of the tiles by the fastest 1-image step: an
+estimate that a loaded machine disturbs much less than the whole-step ratios.
 
 The UNet, adapter shapes and hooks are those of ``unet_step.py`` (random weights, real shapes); the
 terms are built by :class:`~ipadapter_ext.core.job.PreparedUnit`, as in a generation, so the band
@@ -47,6 +50,7 @@ from unet_step import (
     build_unet,
 )
 
+from ipadapter_ext.core.attend.attention import add_image_attention
 from ipadapter_ext.core.attend.hooks import Attn2Hooks
 from ipadapter_ext.core.attend.kv import UnitKV
 from ipadapter_ext.core.encode.tiles import BandMasks, plan_tiles
@@ -89,9 +93,32 @@ class Provider:
     def __init__(self, unit: PreparedUnit, latent: int) -> None:
         self.unit, self.hw = unit, (latent, latent)
 
+        self.calls: list[tuple[int, torch.Tensor]] | None = None  # (layer, q) of one step, when recording
+
     def __call__(self, layer: int, q: torch.Tensor, _context: torch.Tensor | None):
+        if self.calls is not None:
+            self.calls.append((layer, q))
         term = self.unit.term(layer, COND_ROWS, int(q.shape[1]), self.hw)
         return [] if term is None else [term]
+
+
+def ip_path_ms(
+    provider: Provider, calls: list[tuple[int, torch.Tensor]], heads: list[int], rounds: int, device: str
+) -> float:
+    """The image-prompt work of one step alone (every layer's terms + their attention, as the
+    hook runs them), replayed on the step's recorded queries: min over ``rounds``. Short calls
+    timed by their minimum are far less disturbed by other processes than whole steps. On a CPU
+    the clock is the process's CPU time, as for the steps' ``cpu`` lines."""
+    clock = time.process_time if device == "cpu" else time.perf_counter
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = clock()
+        for (layer, q), h in zip(calls, heads, strict=True):
+            add_image_attention(torch.zeros_like(q), q, h, provider(layer, q, None), False)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, clock() - t0)
+    return best * 1000
 
 
 def main() -> None:
@@ -100,6 +127,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds (one step per variant each)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ip-rounds", type=int, default=20, help="replays of the image-prompt path alone")
     args = parser.parse_args()
     dtype, device = getattr(torch, args.dtype), args.device
     torch.manual_seed(0)
@@ -117,7 +145,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return out
 
-    hooks = {name: Attn2Hooks(modules, Provider(unit, args.latent)) for name, unit in units.items()}
+    providers = {name: Provider(unit, args.latent) for name, unit in units.items()}
+    hooks = {name: Attn2Hooks(modules, provider) for name, provider in providers.items()}
     print(f"SD1.5 UNet (860M, random weights), latent {args.latent}x{args.latent}, batch {BATCH}, "
           f"{TEXT_TOKENS} text tokens, {IMAGE_TOKENS} image tokens per image or tile, {args.dtype} on {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)  # fmt: skip
@@ -126,9 +155,11 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         outs = {}
-        for name in names:  # warm-up, and the band masks' per-layer grids
+        for name in names:  # warm-up, and the band masks' per-layer grids; records the queries
+            providers[name].calls = []
             with hooks[name]:
                 outs[name] = step()
+            calls, providers[name].calls = providers[name].calls, None
         print(f"3 tiles differ from 3 images: {not torch.equal(outs['3 tiles'], outs['3 images'])}", flush=True)
         for r in range(args.repeat):
             for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -137,6 +168,15 @@ def main() -> None:
                     step()
                     times[name].append(time.perf_counter() - t0)
                     cpu[name].append(time.process_time() - c0)
+        heads = [modules[layer].heads for layer, _ in calls]
+        ip = {name: ip_path_ms(providers[name], calls, heads, args.ip_rounds, device) for name in names}
+    for name in names:
+        print(f"ip   {name:8s} {ip[name]:10.1f} ms/step, the image-prompt path alone (min of {args.ip_rounds})")
+    for name in names[1:]:
+        extra = ip[name] - ip["1 image"]
+        step_min = min((cpu if device == "cpu" else times)["1 image"]) * 1000
+        print(f"ip   {name}: {extra:+.1f} ms/step over 1 image = {extra / step_min:+.2%} of the fastest 1-image step "
+              f"(estimated ratio {1 + extra / step_min:.4f})")  # fmt: skip
     for label, series in (("wall", times), ("cpu", cpu) if device == "cpu" else ("", {})):
         if not series:
             continue
