@@ -30,6 +30,6 @@ try:
     if why:
         print(f"[IP-Adapter] installing onnxruntime for FaceID face analysis ({why}) …")
         if install_onnxruntime() != 0:
-            print("[IP-Adapter] pip install onnxruntime failed; FaceID units will say so until it is installed.")
+            print("[IP-Adapter] installing onnxruntime failed; FaceID units will say so until it is installed.")
 except Exception as exc:  # the installer must never stop the WebUI from starting
     print(f"[IP-Adapter] FaceID set-up check skipped: {exc}")

@@ -3,14 +3,24 @@
 ``install.py`` installs onnxruntime only when a FaceID model is in the model folders or the user
 asks (``IPADAPTER_FACEID=1`` at launch, or ``python -m ipadapter_ext.face_setup``), so nothing
 changes for users who never use FaceID. An ``onnxruntime-gpu`` the user already has is kept.
+
+The install never moves a package the WebUI pinned: a plain ``pip install onnxruntime`` upgrades
+Forge's ``protobuf==3.20.0`` (newer onnxruntime wheels declare ``protobuf>=4.25``) and can move
+numpy, after which the WebUI reinstalls its requirements at the next start, or breaks. So pip
+gets the installed versions of those packages as constraints and picks an onnxruntime that fits
+them; where none fits, onnxruntime goes in without its dependencies (its inference sessions do not
+import protobuf) and only its missing, unheld dependencies are added, under the same constraints.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import re
 import subprocess
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 ONNXRUNTIME = "onnxruntime"
@@ -117,9 +127,68 @@ def install_reason(models: Path, environ: dict) -> str | None:
     return f"InstantID model {found[0].name}" if found else None
 
 
-def install_onnxruntime() -> int:
-    """``pip install onnxruntime`` into this interpreter; the exit code."""
-    return subprocess.call([sys.executable, "-m", "pip", "install", ONNXRUNTIME])
+#: Packages the WebUI pins whose versions onnxruntime's requirements would otherwise move.
+HELD = ("protobuf", "numpy")
+
+
+def held_pins(version: Callable[[str], str] = importlib.metadata.version) -> list[str]:
+    """``name==version`` for each :data:`HELD` package installed in this interpreter."""
+    pins = []
+    for name in HELD:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def pip_install(python: str, packages: Sequence[str], constraints: Path, *options: str) -> list[str]:
+    """The pip command installing ``packages`` into ``python``'s environment under ``constraints``."""
+    return [python, "-m", "pip", "install", *options, "-c", str(constraints), *packages]
+
+
+def unheld_requirements(requires: Iterable[str]) -> list[str]:
+    """The names of a distribution's unconditional requirements, less the :data:`HELD` ones (they
+    are installed already, at the WebUI's versions)."""
+    names = []
+    for line in requires:
+        if ";" in line and "extra" in line.split(";", 1)[1]:
+            continue
+        found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if found and found.group(1).lower().replace("_", "-") not in HELD:
+            names.append(found.group(1))
+    return names
+
+
+def install_onnxruntime(
+    run: Callable[[list[str]], int] | None = None,
+    python: str | None = None,
+    version: Callable[[str], str] = importlib.metadata.version,
+    requires: Callable[[str], list[str] | None] = importlib.metadata.requires,
+) -> int:
+    """Install onnxruntime into ``python``'s environment without moving protobuf or numpy; the
+    exit code of the last pip run (0: installed). ``run`` runs one command (``subprocess.call``)."""
+    run = run or subprocess.call
+    python = python or sys.executable
+    with tempfile.TemporaryDirectory(prefix="ipadapter-pip-") as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text("".join(f"{pin}\n" for pin in held_pins(version)), encoding="utf-8")
+        code = run(pip_install(python, [ONNXRUNTIME], constraints))
+        if code == 0:
+            return code
+        print(
+            "[IP-Adapter] no onnxruntime release fits the installed "
+            + ", ".join(held_pins(version))
+            + "; installing it without its dependencies"
+        )
+        code = run(pip_install(python, [ONNXRUNTIME], constraints, "--no-deps"))
+        if code != 0:
+            return code
+        try:
+            missing = unheld_requirements(requires(ONNXRUNTIME) or [])
+        except importlib.metadata.PackageNotFoundError:
+            missing = []
+        return run(pip_install(python, missing, constraints)) if missing else 0
 
 
 def main() -> int:

@@ -87,7 +87,10 @@ def pack_notes(packs: set[str]) -> list[str]:
         except FaceAnalysisError as exc:  # the folder and files; the list of folders searched is for errors
             notes.append(f"{PREFIX} ⚠ {str(exc).split(' Looked in:')[0]}")
     if not onnxruntime_present():
-        notes.append(f"{PREFIX} ⚠ onnxruntime is not installed; run: python -m pip install onnxruntime")
+        notes.append(
+            f"{PREFIX} ⚠ onnxruntime is not installed; in this extension's folder run, with the WebUI's "
+            "Python: python -m ipadapter_ext.face_setup"
+        )
     return notes
 
 

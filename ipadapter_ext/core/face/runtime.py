@@ -28,8 +28,9 @@ def import_onnxruntime() -> Any:
     except ImportError as exc:
         raise FaceRuntimeMissingError(
             "FaceID models need onnxruntime to find and embed faces, and it is not installed "
-            f"({exc}). Install it into the WebUI's Python environment: pip install onnxruntime "
-            "(or onnxruntime-gpu for CUDA), then restart the WebUI."
+            f"({exc}). Install it into the WebUI's Python environment: in the extension's folder run "
+            "python -m ipadapter_ext.face_setup with the WebUI's Python (it runs pip install onnxruntime "
+            "keeping the WebUI's protobuf and numpy; or install onnxruntime-gpu for CUDA), then restart the WebUI."
         ) from exc
 
 
