@@ -371,7 +371,9 @@ def test_a_redux_model_shows_its_controls(page, webui, artifacts):
         assert page.number(page.uid("txt2img", 1, "redux_downsample")) == 1
         assert page.dropdown_value(page.uid("txt2img", 1, "redux_downsample_mode")) == "area"
         assert "attention bias" in page.dropdown_options(page.uid("txt2img", 1, "redux_strength_mode"))
-        info = page.wait(lambda: (t := page.find(page.uid("txt2img", 1, "info")).text) and "Redux" in t and t, "the info")
+        info = page.wait(
+            lambda: (t := page.find(page.uid("txt2img", 1, "info")).text) and "Redux" in t and t, "the info"
+        )
         assert "Flux Redux" in info and "strength" in info, info
         print(f"\nscreenshot: {page.screenshot(artifacts / 'redux-unit.png', '#script_txt2img_ipadapter_enabled')}")
         page.choose(css, "None")
