@@ -265,3 +265,25 @@ def _png() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_hosts_style_models_folder_is_searched_when_it_exists(tmp_path, monkeypatch):
+    """A Redux file in ``models/style_models`` (where ComfyUI-style installs keep it) is a unit
+    model; without that folder nothing is created or searched there."""
+    import modules.paths_internal as paths_internal
+
+    from ipadapter_ext.host import models as host_models
+
+    monkeypatch.setattr(paths_internal, "models_path", str(tmp_path / "models"))
+    host_models._EngineHolder.reset()
+    try:
+        (tmp_path / "models").mkdir()
+        registry = host_models.engine().registry
+        assert tmp_path / "models" / "style_models" not in registry.adapter_dirs
+        assert not (tmp_path / "models" / "style_models").exists()
+        host_models._EngineHolder.reset()
+        save_redux(tmp_path / "models" / "style_models" / "flux1-redux-dev.safetensors")
+        entry = host_models.engine().registry.adapter("flux1-redux-dev")
+        assert entry.info is not None and entry.info.variant == "flux-redux"
+    finally:
+        host_models._EngineHolder.reset()
