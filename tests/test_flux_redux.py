@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ipadapter_ext.core.attend.context import ContextUnit, StrengthMode, context_bias, downsample_tokens
 from ipadapter_ext.core.attend.masks import RegionMask
-from ipadapter_ext.core.errors import IncompatibleModelError, ModelFileError
+from ipadapter_ext.core.errors import IncompatibleModelError, IPAdapterError, ModelFileError
 from ipadapter_ext.core.load.adapter import IPAdapterModel
 from ipadapter_ext.core.load.compat import UNetSignature, check_unet
 from ipadapter_ext.core.load.detect import detect_adapter
@@ -219,3 +219,71 @@ def test_two_redux_units_with_ip_adapter_units(doubles, tmp_path):
     cond, _ = s.run([Setup.unit(s, 0, 0.9)], context=[first, second])  # the XLabs unit, as test_flux builds it
     extra = torch.cat((s.tokens(), 0.5 * s.tokens()), dim=1)
     torch.testing.assert_close(cond, s.oracle(s.embeds, extra=extra), rtol=RTOL, atol=ATOL)
+
+
+def test_redux_fields_in_infotext_paste_and_payload():
+    """The Redux fields go through the one schema: written to the infotext when not the default,
+    read back by a paste (the host's ``context_tokens`` note is for the reader only), defaulted
+    when absent, and refused in words by the API when out of range."""
+    from ipadapter_ext.api.payload import validate_unit
+    from ipadapter_ext.schema import IPAdapterUnit
+    from ipadapter_ext.ui.infotext import parse_unit_infotext, paste_value, unit_infotext
+
+    unit = IPAdapterUnit(
+        model="flux1-redux-dev", encoder="auto", weight=0.4, redux_strength_mode="attention bias",
+        redux_downsample=3, redux_downsample_mode="bicubic",
+    )  # fmt: skip
+    text = unit_infotext(unit, None, 2) + ", context_tokens: 81"
+    fields = parse_unit_infotext(text)
+    assert {k: fields[k] for k in ("redux_strength_mode", "redux_downsample", "redux_downsample_mode")} == {
+        "redux_strength_mode": "attention bias",
+        "redux_downsample": 3,
+        "redux_downsample_mode": "bicubic",
+    }
+    assert "context_tokens" not in fields and fields["weight"] == 0.4 and fields["images"] == 2
+    plain = parse_unit_infotext(unit_infotext(IPAdapterUnit(model="flux1-redux-dev"), None, 1))
+    assert not any(k.startswith("redux") for k in plain)  # defaults are not written
+    assert [paste_value(plain, n) for n in ("redux_strength_mode", "redux_downsample", "redux_downsample_mode")] == [
+        "scale",
+        1,
+        "area",
+    ]
+    req = validate_unit({"image": _png(), "model": "m", **{k: fields[k] for k in fields if k.startswith("redux")}}, 2)
+    assert req.to_request(2).redux_downsample == 3
+    for bad, field in (({"redux_downsample": 10}, "redux_downsample"), ({"redux_strength_mode": "max"}, "redux_strength_mode"),
+                       ({"redux_downsample_mode": "lanczos"}, "redux_downsample_mode")):  # fmt: skip
+        with pytest.raises(IPAdapterError, match=f"IP-Adapter unit 2.*{field}"):
+            validate_unit({"image": _png(), "model": "m", **bad}, 2).to_request(2)
+
+
+def _png() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_hosts_style_models_folder_is_searched_when_it_exists(tmp_path, monkeypatch):
+    """A Redux file in ``models/style_models`` (where ComfyUI-style installs keep it) is a unit
+    model; without that folder nothing is created or searched there."""
+    import modules.paths_internal as paths_internal
+
+    from ipadapter_ext.host import models as host_models
+
+    monkeypatch.setattr(paths_internal, "models_path", str(tmp_path / "models"))
+    host_models._EngineHolder.reset()
+    try:
+        (tmp_path / "models").mkdir()
+        registry = host_models.engine().registry
+        assert tmp_path / "models" / "style_models" not in registry.adapter_dirs
+        assert not (tmp_path / "models" / "style_models").exists()
+        host_models._EngineHolder.reset()
+        save_redux(tmp_path / "models" / "style_models" / "flux1-redux-dev.safetensors")
+        entry = host_models.engine().registry.adapter("flux1-redux-dev")
+        assert entry.info is not None and entry.info.variant == "flux-redux"
+    finally:
+        host_models._EngineHolder.reset()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .conftest import WebUI
 from .test_webui_http import generate, same_pixels, txt2img_payload, with_units
-from .webui import checkpoint_attn2, new_dirs
+from .webui import checkpoint_attn2, is_flux_checkpoint, new_dirs
 
 FACEID, PLUS_V2 = "e2e-tiny-faceid", "e2e-tiny-faceid-plusv2"
 
@@ -34,6 +34,8 @@ def png(array: np.ndarray) -> str:
 def faceid(webui: WebUI) -> Iterator[dict[str, str]]:
     if webui.mode != "root" or webui.root is None or webui.checkpoint is None:
         pytest.skip("FaceID e2e tests write their face pack into the install: run them with WEBUI_ROOT")
+    if is_flux_checkpoint(webui.checkpoint):
+        pytest.skip(f"{webui.checkpoint.name} is a Flux checkpoint: FaceID adapters are for SD1.5/SDXL UNets")
     from ipadapter_ext.core.load.formats import save_adapter_tensors
     from tests.face_onnx import face_image, write_pack
     from tests.factories import adapter_shapes, adapter_tensors
