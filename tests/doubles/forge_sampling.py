@@ -31,6 +31,7 @@ hook once, after the reset (``modules/processing.py`` ``sample_hr_pass``); its
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Flavour:
     sigma_at: Callable  # (model, timestep: float) → sigma
     hook_before_reset: bool  # the hires pass calls process_before_every_sampling before the reset too
     extra_options: tuple[str, ...] = ()  # further keys calc_cond_batch puts in transformer_options
+    #: the module with the host's ``sampling_prepare``/``sampling_cleanup``
+    sampler_module: str = "backend.sampling.sampling_function"
 
 
 FORGE2 = Flavour(forge_unet_forward, lambda model, t: model.predictor.sigma(t), hook_before_reset=True)
@@ -64,6 +67,7 @@ def forge1_flavour(precision_argument: bool = True) -> Flavour:
         lambda model, t: float(model.model_sampling.sigma(torch.tensor(t))),
         hook_before_reset=False,
         extra_options=("uuids",),
+        sampler_module="modules_forge.forge_sampler",
     )
 
 
@@ -165,8 +169,8 @@ class Sampler:
         self.p, self.denoiser = p, None
 
     def _loop(self, x, cond, uncond):
-        from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
-
+        sampler = importlib.import_module(self.p.flavour.sampler_module)
+        sampling_prepare, sampling_cleanup = sampler.sampling_prepare, sampler.sampling_cleanup
         unet_patcher = shared.sd_model.forge_objects.unet
         sampling_prepare(unet_patcher, x=x)
         model = unet_patcher.model

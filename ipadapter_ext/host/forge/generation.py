@@ -162,9 +162,7 @@ class ForgeState(StateBase):
             self.note(f"IP-Adapter: not applied after the switch to {signature.family}: {problem}")
             return
         self.apply(sd_model)
-        from backend.sampling.sampling_function import sampling_prepare
-
-        sampling_prepare(sd_model.forge_objects.unet, x=x)
+        self.readers.prepare(sd_model.forge_objects.unet, x)
         self.note(f"IP-Adapter: applied to the refiner ({signature.family}) too.")
 
 

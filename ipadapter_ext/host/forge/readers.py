@@ -2,13 +2,14 @@
 
 Forge 2 (``backend/``) and Forge 1 (``ldm_patched/``, reForge and Forge Classic) both take attn2
 replace patches on a clone of the UNet patcher with the same keys and ``extra_options``, so
-``generation.py`` serves both. Three things differ, and each family names its own in a
+``generation.py`` serves both. Four things differ, and each family names its own in a
 :class:`Readers`:
 
 * the attention kernel the host's own ``CrossAttention`` calls (the patch calls it in its place,
   so that weight 0 gives the host's output bit for bit);
 * the sigma schedule on the model object, for UNet calls the denoiser did not report;
-* the dtype the UNet computes in, for the K/V.
+* the dtype the UNet computes in, for the K/V;
+* where ``sampling_prepare`` lives (a refiner loaded mid-sampling is prepared again).
 
 Model attributes are read through the patcher's object patches first (what
 ``get_model_object`` does where the patcher has it): another extension may have replaced the
@@ -45,6 +46,9 @@ class Readers:
     schedule: Callable[[Any], Any]
     #: patcher → the dtype the UNet computes in, or None when the model does not say
     dtype: Callable[[Any], torch.dtype | None]
+    #: (UNet patcher, latent) → the host's ``sampling_prepare``: memory management loads the patcher
+    #: with its extra patchers (a refiner loaded mid-sampling needs it again)
+    prepare: Callable[[Any, Any], None]
     #: why this family cannot run Flux adapters ("" where it can)
     no_flux: str = ""
 
@@ -67,4 +71,11 @@ def forge2_dtype(patcher: Any) -> torch.dtype | None:
     return model_object(patcher, "computation_dtype")
 
 
-FORGE2 = Readers("Forge 2", forge2_attention, forge2_schedule, forge2_dtype)
+def forge2_prepare(patcher: Any, x: Any) -> None:
+    """``backend.sampling.sampling_function.sampling_prepare`` (imported at call time)."""
+    from backend.sampling.sampling_function import sampling_prepare
+
+    sampling_prepare(patcher, x=x)
+
+
+FORGE2 = Readers("Forge 2", forge2_attention, forge2_schedule, forge2_dtype, forge2_prepare)

@@ -52,4 +52,12 @@ def forge1_dtype(patcher: Any) -> torch.dtype | None:
     return get_dtype() if callable(get_dtype) else None
 
 
-FORGE1 = Readers("Forge 1", ldm_patched_attention, forge1_schedule, forge1_dtype, no_flux=NO_FLUX)
+def forge1_prepare(patcher: Any, x: Any) -> None:
+    """``modules_forge.forge_sampler.sampling_prepare`` (reForge 3b56b268, Forge Classic 1f95d717;
+    imported at call time)."""
+    from modules_forge.forge_sampler import sampling_prepare
+
+    sampling_prepare(patcher, x)
+
+
+FORGE1 = Readers("Forge 1", ldm_patched_attention, forge1_schedule, forge1_dtype, forge1_prepare, no_flux=NO_FLUX)
