@@ -100,9 +100,9 @@ class ForgeModel:
 
 def apply_refiner(denoiser, x) -> bool:
     """Forge's ``sd_samplers_common.apply_refiner`` (switch by sampling steps)."""
-    from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
-
     p = denoiser.p
+    sampler = importlib.import_module(p.flavour.sampler_module)
+    sampling_prepare, sampling_cleanup = sampler.sampling_prepare, sampler.sampling_cleanup
     if p.refiner_switch_at is not None and denoiser.step / denoiser.total_steps < p.refiner_switch_at:
         return False
     info = p.refiner_checkpoint_info
