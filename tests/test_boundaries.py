@@ -97,7 +97,7 @@ def test_no_import_circles_in_the_package():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 raise AssertionError("import circle: " + " → ".join(cycle))
             if nxt not in state:
                 visit(nxt)
