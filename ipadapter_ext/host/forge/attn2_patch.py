@@ -97,6 +97,18 @@ class ForgeRun:
     per_image_refs: bool = False  # a unit has a reference per generated image
     _warned: bool = False
     chained: dict[str, int] = field(default_factory=dict)  # type name of a kept patch → layers
+    kv_modules: list[KVModule] = field(default_factory=list)  # handed to Forge with this pass's clone
+
+    def release(self) -> None:
+        """Let go of the units and their K/V once the generation is over. Forge keeps the last
+        pass's patched clone (in ``forge_objects`` and its list of loaded models) until the next
+        generation loads another, and that clone holds this run through its patches."""
+        self.units = []
+        self.sigma_ranges = []
+        self._active = (None, [])
+        for module in self.kv_modules:
+            module.release()
+        self.kv_modules = []
 
     def active_units(self, sigma: float | None) -> list[PreparedUnit]:
         """Units active at this call: by step fraction when the denoiser reported this sigma,
@@ -203,6 +215,10 @@ class KVModule(nn.Module):
             for n, (k, v) in enumerate(unit.kv.kv):
                 self.register_buffer(f"k_{u}_{n}", k, persistent=False)
                 self.register_buffer(f"v_{u}_{n}", v, persistent=False)
+
+    def release(self) -> None:
+        self._units = []
+        self._buffers.clear()
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> KVModule:
         super()._apply(fn, *args, **kwargs)

@@ -157,5 +157,6 @@ def patched_clone(patcher: Any, run: ForgeRun) -> Any:
     management. ``patcher`` itself is not changed."""
     clone = patcher.clone()
     register_flux_patches(clone, run)
-    clone.add_extra_torch_module_during_sampling(KVModule(run.units), cast_to_unet_dtype=False)
+    run.kv_modules.append(KVModule(run.units))
+    clone.add_extra_torch_module_during_sampling(run.kv_modules[-1], cast_to_unet_dtype=False)
     return clone

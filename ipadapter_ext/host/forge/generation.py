@@ -46,6 +46,12 @@ BUILTIN_PATCH = "CrossAttentionPatch"  # extensions-builtin/sd_forge_ipadapter's
 @dataclass
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
+    runs: list[ForgeRun] = field(default_factory=list)  # this generation's passes, released at its end
+
+    def release(self) -> None:
+        for run in self.runs:
+            run.release()
+        self.runs = []
 
     def end_pass(self, p: Any) -> None:
         if self.job is not None:
@@ -67,12 +73,14 @@ class ForgeState(StateBase):
         self.start_maps()
         run = ForgeRun(self.job.units, _sigma_ranges(patcher, self.job.units), self.clock, self.job.upcast, self.maps)
         run.per_image_refs = self.job.per_image_refs
+        self.runs.append(run)
         if flux:
             sd_model.forge_objects.unet = forge_flux.patched_clone(patcher, run)
             return
         clone = patcher.clone()
         register_patches(clone, run)
-        clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)
+        run.kv_modules.append(KVModule(self.job.units))
+        clone.add_extra_torch_module_during_sampling(run.kv_modules[-1], cast_to_unet_dtype=False)
         sd_model.forge_objects.unet = clone
         # FaceID's LoRA: hooks on the shared UNet's attention Linears, taken off when the pass ends
         # (the clone Forge discards cannot carry them: its modules are the same objects)
@@ -158,6 +166,8 @@ def postprocess(p: Any, processed: Any = None) -> None:
     if state is not None and processed is not None:
         append_maps(p, processed, state)
         append_faces(processed, state)
+    if state is not None:
+        state.release()  # the patched clone Forge keeps until the next generation holds the runs
     end_generation(p)
 
 
