@@ -32,7 +32,7 @@ from soaklib import checks, report
 from soaklib.client import Http, pid_listening_on, rss_bytes
 from soaklib.discover import discover
 from soaklib.payloads import References
-from soaklib.plan import draw_plan
+from soaklib.plan import WEIGHTS, draw_plan
 from soaklib.runner import SETTINGS, Config, Runner, restore_settings
 
 MIB = 2**20
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log", type=Path, help="the WebUI's console log (Traceback check)")
     p.add_argument("--memory-margin-mib", type=float,
                    help="allowed growth after request N/6 (default: 64 MiB + 10%% of the memory then)")  # fmt: skip
+    p.add_argument("--skip", action="append", default=[], choices=sorted(WEIGHTS),
+                   help="a kind of request or event not to draw (repeatable), e.g. to tell what memory growth comes from")  # fmt: skip
     p.add_argument("--second-checkpoint", help="the checkpoint to switch to (default: another listed one)")
     p.add_argument("--auth", help="user:password for --api-auth")
     p.add_argument("--title", default="", help="heading of the report (e.g. the host and its commit)")
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         catalog = discover(http, refs, args.size, args.steps, tuple(SETTINGS), args.second_checkpoint)
         exclude = tuple(k for k, off in (("switch", catalog.checkpoints[1] is None), ("faces", not catalog.face_models),
                                          ("setting", not catalog.settings)) if off)  # fmt: skip
+        exclude += tuple(args.skip)
         plan = draw_plan(args.requests, args.seed, exclude)
         config = Config(args.size, args.steps, args.interrupt_steps, args.clients)
         runner = Runner(http, catalog, refs, config, (lambda: rss_bytes(pid)) if pid else (lambda: None))
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "distinct references used": len(refs.used),
             "checkpoints": " ↔ ".join(str(c) for c in catalog.checkpoints if c),
             "duration": f"{took:.0f} s",
+            **({"not drawn": ", ".join(args.skip)} if args.skip else {}),
         }
         text = report.markdown(meta, runner.records, runner.events.counts, runner.memory, results)
         print(text)

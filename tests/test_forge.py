@@ -374,3 +374,16 @@ def test_an_exception_during_sampling_leaves_nothing_behind(env, tmp_path):
     assert repr(env.patcher.model_options) == before and not env.patcher.extra_model_patchers_during_sampling
     assert torch.equal(run_forge_job(env.script, unit_args(enabled=False), job(env)), plain)
     assert torch.equal(run_forge_job(env.script, unit_args(face), job(env)), with_unit)
+
+
+@torch.no_grad()
+def test_the_kv_go_at_the_end_of_the_generation_though_forge_keeps_the_patched_clone(env):
+    """Forge keeps the last pass's patched clone (``forge_objects`` and its loaded-model list)
+    until the next generation; the soak found its K/V still reported after the run on Forge."""
+    p = job(env, enable_hr=True)
+    run_forge_job(env.script, unit_args(PLUS), p)
+    clone = p.sd_model.forge_objects.unet
+    assert clone is not env.patcher  # the patched clone is still there, as in Forge
+    assert a1111.engine().cache_report()["kv"]["entries"] == 0
+    module = clone.extra_model_patchers_during_sampling[0].model
+    assert not list(module.buffers())

@@ -205,7 +205,9 @@ class Runner:
                     except Exception as exc:  # a bug of the tool must not pass for a server fault
                         self._record(step, step.kind, Answer(-1, repr(exc), 0.0), False, f"soak tool error: {exc!r}")
 
-        threads = [threading.Thread(target=client, name=f"soak-client-{i}") for i in range(self.config.clients)]
+        threads = [
+            threading.Thread(target=client, name=f"soak-client-{i}", daemon=True) for i in range(self.config.clients)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -279,7 +281,7 @@ class Runner:
             body = with_units(body, payloads.unit(rng, self.catalog, self.refs, False, False, 1))
         at_step = rng.choice([0, 1, self.config.interrupt_steps // 2])
         done: dict[str, Answer] = {}
-        worker = threading.Thread(target=lambda: done.update(answer=self.http.post(path, body)))
+        worker = threading.Thread(target=lambda: done.update(answer=self.http.post(path, body)), daemon=True)
         worker.start()
         posted = False
         while worker.is_alive() and not posted:

@@ -25,10 +25,11 @@ _OPTIONAL = (
     "style_boost", "composition_boost", "sharpening", "noise_type", "noise_blur",
 )  # fmt: skip
 _IMAGES = ("negative_image", "mask", "reference_mask", "composition_image")  # written as "yes" when given
-#: Written for the reader, not pasted: how a tiled reference was cut ("3 across"); Redux: the
-#: context tokens it added (written by the host after preparing the unit).
-_INFO = ("tiles", "context_tokens")
-_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES, *_INFO)
+#: Written for the reader, not pasted: how a tiled reference was cut ("3 across").
+_INFO = ("tiles",)
+#: Written by the host after preparing the unit, for the reader only (Redux: tokens it added).
+_NOTES = ("context_tokens",)
+_FIELDS = (*_ALWAYS, *_OPTIONAL, *_IMAGES, *_INFO, *_NOTES)
 _FLOATS = ("weight", "start", "end", "composition_weight", "noise", "lora_strength", "faceid_v2_weight",
            "style_boost", "composition_boost", "sharpening")  # fmt: skip
 _INTS = ("redux_downsample", "noise_blur")

@@ -93,6 +93,18 @@ class ForgeRun:
     attention: Kernel = forge2_attention  # the host's own kernel (readers.py), for layers with no previous patch
     #: Per denoiser step (its progress): whether any UNet call of it ran uncond rows.
     uncond_by_step: dict[float, bool] = field(default_factory=dict)
+    kv_modules: list[KVModule] = field(default_factory=list)  # handed to Forge with this pass's clone
+
+    def release(self) -> None:
+        """Let go of the units and their K/V once the generation is over. Forge keeps the last
+        pass's patched clone (in ``forge_objects`` and its list of loaded models) until the next
+        generation loads another, and that clone holds this run through its patches."""
+        self.units = []
+        self.sigma_ranges = []
+        self._active = (None, [])
+        for module in self.kv_modules:
+            module.release()
+        self.kv_modules = []
 
     @property
     def steps_seen(self) -> int:
@@ -218,6 +230,10 @@ class KVModule(nn.Module):
             for n, (k, v) in enumerate(unit.kv.kv):
                 self.register_buffer(f"k_{u}_{n}", k, persistent=False)
                 self.register_buffer(f"v_{u}_{n}", v, persistent=False)
+
+    def release(self) -> None:
+        self._units = []
+        self._buffers.clear()
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> KVModule:
         super()._apply(fn, *args, **kwargs)

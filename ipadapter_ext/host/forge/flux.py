@@ -86,8 +86,13 @@ class FluxRun:
         return cls(parts["xlabs-flux"], parts["instantx-flux"], context, double)
 
     def close(self) -> None:
-        """The pass is over: patches left on the model call the class's own methods from now on."""
+        """The pass is over: patches left on the model call the class's own methods from now on,
+        and let go of the units and their K/V (Forge keeps the last patched clone, and so these
+        patches, until another model is loaded)."""
         self.closed = True
+        for part in (self.xlabs, self.instantx):
+            if part is not None:
+                part.release()
 
 
 class QueryTap(ChainedPatch):
@@ -254,6 +259,7 @@ def patched_clone(patcher: Any, run: ForgeRun, context: ContextUnits | None = No
     modules = [KVModule(run.units)] if run.units else []
     if context is not None:
         modules.append(context.module())
+    run.kv_modules.extend(modules[:1] if run.units else [])  # released with the run
     for module in modules:
         clone.add_extra_torch_module_during_sampling(module, cast_to_unet_dtype=False)
     return clone, flux_run

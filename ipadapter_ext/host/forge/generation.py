@@ -63,10 +63,20 @@ BUILTIN_PATCHES = {
 class ForgeState(StateBase):
     clock: StepClock = field(default_factory=StepClock)
     #: The patched clone this pass samples with; ``None`` outside a pass or once the units stopped
-    #: (a refiner they do not fit). Another patcher on the model means a refiner switch.
+    #: (a refiner they do not fit).
     patched: Any = None
+    #: The model object whose UNet was patched. Another model object means a refiner switch (Forge
+    #: loads the refiner as a new model); another patcher on the same model does not: a script
+    #: after us (ControlNet, another patching extension) clones our clone, which keeps our patches.
+    patched_model: Any = None
     flux_run: forge_flux.FluxRun | None = None
     run: ForgeRun | None = None
+    runs: list[ForgeRun] = field(default_factory=list)  # this generation's passes, released at its end
+
+    def release(self) -> None:
+        for run in self.runs:
+            run.release()
+        self.runs = []
 
     def count_run(self) -> None:
         """Fold the last pass's step counts into the generation's."""
@@ -120,6 +130,7 @@ class ForgeState(StateBase):
         run.per_image_refs = self.job.per_image_refs
         self.count_run()
         self.run = run
+        self.runs.append(run)
         if is_flux(patcher.model.diffusion_model):
             self.close_flux_run()  # an earlier pass's patches, if still on the model, stay inert
             context = None
@@ -131,11 +142,14 @@ class ForgeState(StateBase):
                 )
             clone, self.flux_run = forge_flux.patched_clone(patcher, run, context)
             sd_model.forge_objects.unet = self.patched = clone
+            self.patched_model = sd_model
             return
         clone = patcher.clone()
         register_patches(clone, run)
-        clone.add_extra_torch_module_during_sampling(KVModule(self.job.units), cast_to_unet_dtype=False)
+        run.kv_modules.append(KVModule(self.job.units))
+        clone.add_extra_torch_module_during_sampling(run.kv_modules[-1], cast_to_unet_dtype=False)
         sd_model.forge_objects.unet = self.patched = clone
+        self.patched_model = sd_model
         # FaceID's LoRA: hooks on the shared UNet's attention Linears, taken off when the pass ends
         # (the clone Forge discards cannot carry them: its modules are the same objects). Their
         # weights, cast to the UNet's dtype on its device, are memory Forge is told to keep free.
@@ -245,7 +259,7 @@ def on_cfg_denoiser(params: Any) -> None:
     if not isinstance(state, ForgeState) or state.job is None:
         return
     model = p.sd_model  # Forge: a property over ``shared.sd_model``, the model the denoiser runs
-    if state.patched is not None and model.forge_objects.unet is not state.patched:  # a refiner was loaded
+    if state.patched is not None and model is not state.patched_model:  # a refiner was loaded
         state.switch_model(model, params.x)
     sigma = params.sigma
     state.clock.report(
@@ -264,6 +278,8 @@ def postprocess(p: Any, processed: Any = None) -> None:
     if state is not None and processed is not None:
         append_maps(p, processed, state)
         append_faces(processed, state)
+    if state is not None:
+        state.release()  # the patched clone Forge keeps until the next generation holds the runs
     end_generation(p)
 
 
