@@ -126,3 +126,12 @@ def test_a_run_out_of_time_is_interrupted_so_it_can_clean_up(tmp_path):
     gpu_matrix.run(run, timeout=8)  # time for the child to reach its try
     assert cleaned.read_text() == "yes"
     assert run.returncode == 124 and "timed out" in run.note and run.failed
+
+
+def test_named_test_files_replace_the_whole_suite(a1111_root, tmp_path):
+    from tests.e2e.gpu_matrix import plan
+
+    files = plan(a1111_root, ["plain"], "", tmp_path, ["tests/e2e/test_webui_refiner.py"])[0].command
+    whole = plan(a1111_root, ["plain"], "", tmp_path, ["-k", "refiner"])[0].command
+    assert "tests/e2e" not in files and "tests/e2e/test_webui_refiner.py" in files
+    assert "tests/e2e" in whole

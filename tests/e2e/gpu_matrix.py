@@ -82,8 +82,10 @@ def plan(root: Path, flags: Sequence[str], base_args: str, out: Path, pytest_arg
         args = base_args if flag == PLAIN else f"{base_args} {flag}".strip()
         junit, log, report = out / f"{slug}.xml", out / f"{slug}.log", out / f"{slug}.json"
         env = {"WEBUI_ROOT": str(root), "WEBUI_ARGS": args, "WEBUI_E2E_REPORT": str(report)}
+        # test files or node ids among the pytest arguments replace the whole suite
+        chosen = [] if any(a.startswith("tests/") for a in pytest_args) else ["tests/e2e"]
         command = [
-            sys.executable, "-m", "pytest", "tests/e2e", "-q", "-ra", "-p", "no:cacheprovider",
+            sys.executable, "-m", "pytest", *chosen, "-q", "-ra", "-p", "no:cacheprovider",
             f"--junitxml={junit}", *pytest_args,
         ]  # fmt: skip
         runs.append(FlagRun(flag, command, env, junit, log, report))
