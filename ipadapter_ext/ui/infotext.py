@@ -59,6 +59,12 @@ def _written(unit: IPAdapterUnit, name: str) -> bool:
     return getattr(unit, name) != getattr(DEFAULTS, name)
 
 
+def _image_given(value: object) -> bool:
+    """An image field is set: anything but ``None`` and "" (never compared with ``in``: a numpy
+    mask from the drawing tool has no single truth value)."""
+    return value is not None and not (isinstance(value, str) and value == "")
+
+
 def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int, tiles: str | None = None) -> str:
     """``tiles``: how the (first) reference was tiled, for crop "tiles"."""
     model = f"{unit.model} [{model_hash}]" if model_hash else unit.model
@@ -72,7 +78,7 @@ def unit_infotext(unit: IPAdapterUnit, model_hash: str | None, images: int, tile
         f"images: {'init' if unit.image_from_init else images}",
     ]
     parts += [f"{n}: {_text(getattr(unit, n))}" for n in _OPTIONAL if _written(unit, n)]
-    parts += [f"{n}: yes" for n in _IMAGES if getattr(unit, n) not in (None, "")]
+    parts += [f"{n}: yes" for n in _IMAGES if _image_given(getattr(unit, n))]
     if tiles is not None:
         parts.append(f"tiles: {tiles}")
     return ", ".join(parts)
