@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from ipadapter_ext.interop.xyz import AXES as XYZ_AXES
+
 from .test_webui_http import REFERENCE, same_pixels, txt2img_payload
 from .webui import SCRIPT_TITLE, Client, WebUIProcess, listening_addresses, pixels
 
-AXES = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
-        "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
-        "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight"]  # fmt: skip
+AXES = [axis.label for axis in XYZ_AXES]  # every axis the extension defines, in its order
 
 
 @pytest.fixture(scope="module")
