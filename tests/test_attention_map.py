@@ -193,7 +193,7 @@ class _Adapter:
         g = torch.Generator().manual_seed(seed)
         self.w = [(torch.randn(w, ctx, generator=g), torch.randn(w, ctx, generator=g)) for w in widths]
 
-    def layer_kv(self, tokens, device, dtype):
+    def layer_kv(self, tokens, device, dtype, head_dim=0):
         return [(tokens @ wk.T, tokens @ wv.T) for wk, wv in self.w]
 
 

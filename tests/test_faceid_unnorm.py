@@ -35,10 +35,10 @@ def test_portrait_unnorm_gets_the_raw_face_embedding_and_portrait_the_normalised
     (found,) = engine.found_faces(UnitRequest(1, [FACE]), engine._adapter("tiny-portrait"))
     raw, normed = found.embedding(normalised=False), found.embedding(normalised=True)
     assert not torch.allclose(raw.norm(), torch.tensor(1.0))  # the tiny pack's raw embedding is not unit length
-    unnorm = engine._unit_tokens(UnitRequest(1, [FACE], "tiny-faceid-portrait_sdxl_unnorm"), place)
+    unnorm = engine.unit_tokens(UnitRequest(1, [FACE], "tiny-faceid-portrait_sdxl_unnorm"), place)
     assert engine._adapter("tiny-faceid-portrait_sdxl_unnorm").info.variant == "portrait-unnorm"
     assert torch.equal(seen[0][0], raw)  # cond: the raw embedding
     seen.clear()
-    engine._unit_tokens(UnitRequest(1, [FACE], "tiny-portrait"), place)
+    engine.unit_tokens(UnitRequest(1, [FACE], "tiny-portrait"), place)
     assert torch.equal(seen[0][0], normed)  # the other FaceID models: the L2-normalised one
     assert unnorm.references.tokens.cond.shape[1] == 16

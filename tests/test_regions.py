@@ -130,7 +130,7 @@ class _Adapter:
         g = torch.Generator().manual_seed(3)
         self.w = [(torch.randn(width, 6, generator=g), torch.randn(width, 6, generator=g)) for _ in range(layers)]
 
-    def layer_kv(self, tokens, device, dtype):
+    def layer_kv(self, tokens, device, dtype, head_dim=0):
         return [(tokens @ wk.T, tokens @ wv.T) for wk, wv in self.w]
 
 

@@ -27,7 +27,9 @@ XYZ_DOUBLE = Path(__file__).parent / "doubles" / "xyz_grid.py"
 LABELS = ["[IP-Adapter] Weight", "[IP-Adapter] Model", "[IP-Adapter] Start", "[IP-Adapter] End",
           "[IP-Adapter] Weight type", "[IP-Adapter] Weight mode", "[IP-Adapter] Composition weight",
           "[IP-Adapter] Noise", "[IP-Adapter] FaceID LoRA strength", "[IP-Adapter] FaceID v2 weight",
-          "[IP-Adapter] Redux strength mode", "[IP-Adapter] Redux downsampling"]  # fmt: skip
+          "[IP-Adapter] Redux strength mode", "[IP-Adapter] Redux downsampling", "[IP-Adapter] Style boost",
+          "[IP-Adapter] Composition boost", "[IP-Adapter] Crop", "[IP-Adapter] Sharpening",
+          "[IP-Adapter] Noise type"]  # fmt: skip
 
 
 def load_xyz_double():
@@ -117,6 +119,11 @@ def test_labels_types_choices_and_format(plot):
         float,
         str,
         int,
+        float,
+        float,
+        str,
+        float,
+        str,
     ]
     assert by_label["[IP-Adapter] Model"].choices() == ["tiny-base", "tiny-plus"]
     assert by_label["[IP-Adapter] Weight type"].choices()[:2] == ["linear", "ease in"]
@@ -133,6 +140,8 @@ def test_labels_types_choices_and_format(plot):
         "[IP-Adapter] Weight type",
         "[IP-Adapter] Weight mode",
         "[IP-Adapter] Redux strength mode",
+        "[IP-Adapter] Crop",
+        "[IP-Adapter] Noise type",
     }
     assert all(by_label[label].choices is None for label in LABELS if label not in with_choices)
     assert all(isinstance(o, plot.AxisOption) and o.confirm is not None for o in by_label.values())
@@ -226,7 +235,8 @@ def test_apply_overrides_without_overrides_is_a_no_op():
         ({"weight": WEIGHT_RANGE[1] + 1}, "X/Y/Z plot\\): weight: "),
         ({"start": -0.5}, "X/Y/Z plot\\): start: "),
         ({"end": 2}, "X/Y/Z plot\\): end: "),
-        ({"crop": "pad"}, "unknown override crop"),
+        ({"crop": "diagonal"}, "X/Y/Z plot\\): crop: "),
+        ({"sampler": "Euler"}, "unknown override sampler"),
     ],
 )
 def test_invalid_overrides_are_errors_naming_the_field(overrides, message):

@@ -179,7 +179,7 @@ class Engine:
         """(adapter, encoder name, cond tokens, uncond tokens) for one unit, as ``/encode`` packs
         them: one token group, no composition image."""
         with self.lock:
-            found = self._unit_tokens(req, place)
+            found = self.unit_tokens(req, place)
         if found.references.tokens.groups > 1 or found.composition is not None:
             raise IPAdapterError(
                 "a tiled reference (one token group per tile) and a composition image cannot be packed into embeds. "
@@ -188,7 +188,7 @@ class Engine:
         tokens = found.references.tokens
         return found.adapter, found.encoder_name, tokens.cond, tokens.uncond
 
-    def _unit_tokens(self, req: UnitRequest, place: Placement) -> UnitTokens:
+    def unit_tokens(self, req: UnitRequest, place: Placement) -> UnitTokens:
         """Every token set of one unit: encoded from its images, or taken from its ``embeds``."""
         adapter = self._requested_adapter(req)
         if adapter.info.variant == "flux-redux":
@@ -307,7 +307,7 @@ class Engine:
         if req.composition_images:
             layout = composition_transformers(unet.transformer_blocks)
             alt_layers = frozenset(n for n, t in enumerate(unet.transformer_index) if t in layout)
-        found = self._unit_tokens(req, place)
+        found = self.unit_tokens(req, place)
         adapter, refs, comp = found.adapter, found.references, found.composition
         faces = ()
         if req.show_faces and adapter.info.encoder.output in FACE_OUTPUTS:
