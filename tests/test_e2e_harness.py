@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from ipadapter_ext.core.attend.layers import map_ldm_attn2
+from tests.e2e import http_client
 from tests.e2e import webui as harness
 
 #: SD1.5's attn2 modules (LDM names) with small widths: what checkpoint_attn2 reads
@@ -130,7 +131,7 @@ def test_nothing_is_sent_before_the_webui_says_it_started(tmp_path, started):
             "Running on local URL:  http://127.0.0.1\n" + ("Startup time: 9.9s.\n" if started else "")
         )
         process.proc = type("Running", (), {"poll": lambda self: None})()
-        client = harness.Client(f"http://127.0.0.1:{server.server_address[1]}")
+        client = http_client.Client(f"http://127.0.0.1:{server.server_address[1]}")
         begin = time.monotonic()
         took = process.wait_ready(client, timeout=5.0)
         if started:

@@ -110,7 +110,8 @@ def started(root: Path, checkpoint: Path | None = None) -> Iterator[tuple[str, i
     """(url, process id, console log, second checkpoint's name) of a WebUI started at ``root``
     with ``WEBUI_ARGS`` (e.g. ``--always-cpu`` on Forge without a GPU), stopped afterwards."""
     _repo_on_path()
-    from tests.e2e.webui import Client, WebUIProcess, find_checkpoint, link_extension
+    from tests.e2e.http_client import Client
+    from tests.e2e.webui import WebUIProcess, find_checkpoint, link_extension
 
     root = root.expanduser().resolve()
     if checkpoint is not None:

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pytest
 
+from . import browser
 from .extras import ExtraModels, write_extra_models
+from .http_client import Client, png_b64
 from .webui import (
     ADAPTER_FILE,
     ENABLE_HINT,
-    Client,
     WebUIProcess,
     find_checkpoint,
     is_flux_checkpoint,
@@ -144,3 +145,40 @@ def repeatable_img2img(webui: WebUI) -> None:
             f"{HOST_DEFECT}: three identical plain img2img requests, with no IP-Adapter unit, gave different "
             "images on this WebUI, so an img2img equality test cannot tell a change of ours from the host's noise"
         )
+
+
+# ------------------------------------------------------------------ browser (test_browser*.py)
+
+
+@pytest.fixture(scope="module")
+def driver(webui) -> Iterator[object]:
+    why = browser.missing()
+    if why:
+        pytest.skip(f"browser tests: {why}")
+    d = browser.start_driver()
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+@pytest.fixture
+def page(driver, webui) -> browser.Page:
+    p = browser.Page(driver, webui.client.base_url)
+    p.open()
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    import base64
+
+    path = tmp_path_factory.mktemp("browser") / "reference.png"
+    path.write_bytes(base64.b64decode(png_b64(96, seed=3)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("WEBUI_E2E_ARTIFACTS")
+    return Path(folder) if folder else tmp_path_factory.mktemp("artifacts")

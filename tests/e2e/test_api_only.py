@@ -15,8 +15,9 @@ import pytest
 
 from ipadapter_ext.interop.xyz import AXES as XYZ_AXES
 
+from .http_client import Client, pixels
 from .test_webui_http import REFERENCE, same_pixels, txt2img_payload
-from .webui import SCRIPT_TITLE, Client, WebUIProcess, listening_addresses, pixels
+from .webui import SCRIPT_TITLE, WebUIProcess, listening_addresses
 
 AXES = [axis.label for axis in XYZ_AXES]  # every axis the extension defines, in its order
 

@@ -12,76 +12,19 @@ these tests are skipped with what to install. Each test opens a fresh page.
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import browser
-from .webui import png_b64
-
-PLAIN = {"steps": 2, "width": 64, "height": 64}
-
-
-@pytest.fixture(scope="module")
-def driver(webui) -> Iterator[object]:
-    why = browser.missing()
-    if why:
-        pytest.skip(f"browser tests: {why}")
-    d = browser.start_driver()
-    try:
-        yield d
-    finally:
-        d.quit()
-
-
-@pytest.fixture
-def page(driver, webui) -> browser.Page:
-    p = browser.Page(driver, webui.client.base_url)
-    p.open()
-    return p
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    import base64
-
-    path = tmp_path_factory.mktemp("browser") / "reference.png"
-    path.write_bytes(base64.b64decode(png_b64(96, seed=3)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    folder = os.environ.get("WEBUI_E2E_ARTIFACTS")
-    return Path(folder) if folder else tmp_path_factory.mktemp("artifacts")
-
-
-def small_job(page: browser.Page, tab: str) -> None:
-    """2 steps at 64×64, so a CPU generates in seconds."""
-    page.set_number(f"#{tab}_steps", PLAIN["steps"])
-    page.set_number(f"#{tab}_width", PLAIN["width"])
-    page.set_number(f"#{tab}_height", PLAIN["height"])
-
-
-def set_up_unit_1(page: browser.Page, tab: str, model: str, reference: Path, weight: float | None = None) -> None:
-    page.open_accordion(tab)
-    page.upload(page.uid(tab, 1, "image"), reference)
-    page.wait(lambda: page.find_all(f"{page.uid(tab, 1, 'image')} img"), "the reference image to show")
-    page.choose(page.uid(tab, 1, "model"), model)
-    if weight is not None:
-        page.set_number(page.uid(tab, 1, "weight"), weight)
-
-
-def open_unit_tab(page: browser.Page, tab: str, unit: int) -> None:
-    page.js(
-        f"[...document.querySelectorAll('#script_{tab}_ipadapter_units .tab-nav button')]"
-        ".find(b => b.textContent.trim().startsWith('Unit ' + arguments[0])).click();",
-        unit,
-    )
-    page.wait(lambda: page.find(page.uid(tab, unit, "model")).is_displayed(), f"unit {unit}'s tab")
+from .browser_steps import (
+    click_tab,
+    infotext_settings,
+    open_unit_tab,
+    set_up_unit_1,
+    small_job,
+)
+from .http_client import png_b64
 
 
 def test_first_generate_with_only_unit_1_set_up_txt2img(page, model, reference, artifacts):
@@ -246,8 +189,8 @@ def test_batch_folder_with_the_img2img_input_as_the_reference(page, webui, model
 def check_batch(page, webui, model: str, sources: dict, inputs: Path, outputs: Path) -> None:
     import base64
 
+    from .http_client import pixels
     from .test_webui_http import generate, same_pixels, with_units
-    from .webui import pixels
 
     page.switch_tab("img2img")
     click_tab(page, "#mode_img2img", "Batch")
@@ -282,125 +225,3 @@ def check_batch(page, webui, model: str, sources: dict, inputs: Path, outputs: P
         assert pixels(saved).shape == (64, 64, 3)
         if index:
             assert same_pixels(api, saved), f"{path.name} differs from img2img of its input with it as the reference"
-
-
-def click_tab(page: browser.Page, tabs: str, text: str) -> None:
-    page.js(
-        "[...document.querySelectorAll(arguments[0] + ' > .tab-nav button, ' + arguments[0] + ' .tab-nav button')]"
-        ".find(b => b.textContent.trim() === arguments[1]).click();",
-        tabs,
-        text,
-    )
-
-
-def infotext_settings(info: str) -> dict:
-    """The sampling settings of an infotext, as API fields."""
-    import re
-
-    last = info.strip().split("\n")[-1]  # ersatzForge ends the infotext with a newline
-    fields = dict(re.findall(r"(?:^|, )([A-Za-z][A-Za-z ]*?): ([^,\n]+)", last))
-    out = {
-        "steps": int(fields["Steps"]),
-        "sampler_name": fields["Sampler"],
-        "cfg_scale": float(fields["CFG scale"]),
-        "seed": int(fields["Seed"]),
-        "denoising_strength": float(fields["Denoising strength"]),
-    }
-    if "Schedule type" in fields:
-        out["scheduler"] = fields["Schedule type"]
-    return out
-
-
-def test_img2img_only_controls_and_the_faceid_controls(page):
-    """The img2img sources exist in both tabs (one argument layout) but show in img2img only; the
-    FaceID sliders and the detected-faces toggle are there with their hints."""
-
-    def visible(tab: str, name: str) -> bool:
-        return bool(page.js("const el = document.querySelector(arguments[0]);"
-                            "return !!el && el.offsetParent !== null && getComputedStyle(el).display !== 'none';",
-                            page.uid(tab, 1, name)))  # fmt: skip
-
-    page.open_accordion("txt2img", tick=False)
-    page.js("document.querySelector(arguments[0] + ' .label-wrap').click();", page.uid("txt2img", 1, "advanced"))
-    page.wait(lambda: visible("txt2img", "mask_invert"), "the Advanced controls of unit 1")
-    assert not visible("txt2img", "image_from_init") and not visible("txt2img", "mask_from_inpaint")
-    assert visible("txt2img", "lora_strength") and visible("txt2img", "faceid_v2_weight")
-    assert page.number(page.uid("txt2img", 1, "lora_strength")) == 0.6
-    assert page.find("#script_txt2img_ipadapter_show_faces").is_displayed()
-    page.switch_tab("img2img")
-    page.open_accordion("img2img", tick=False)
-    page.wait(lambda: visible("img2img", "image_from_init"), "the img2img input checkbox")
-    page.js("document.querySelector(arguments[0] + ' .label-wrap').click();", page.uid("img2img", 1, "advanced"))
-    page.wait(lambda: visible("img2img", "mask_from_inpaint"), "the inpaint-mask checkbox")
-
-    def title_of(text: str) -> str:
-        return page.js(
-            "for (const el of document.querySelectorAll('#script_img2img_ipadapter_enabled span')) {"
-            "  if (el.textContent.trim() === arguments[0] && el.title) return el.title; }"
-            "return '';",
-            text,
-        )
-
-    assert "reference" in page.wait(lambda: title_of("Unit 1 use the img2img input as the reference"), "a hint")
-    assert "LoRA" in page.wait(lambda: title_of("Unit 1 FaceID LoRA strength"), "the LoRA strength hint")
-
-
-def test_a_redux_model_shows_its_controls(page, webui, artifacts):
-    """Choosing a Flux Redux model shows the unit's Redux controls with the schema's defaults;
-    choosing no model hides them again (any checkpoint: the controls do not depend on it)."""
-    if webui.root is None:
-        pytest.skip("needs WEBUI_ROOT: the test adds a Redux file to the install's models/ipadapter")
-    from safetensors.torch import save_file
-
-    from tests.flux_env import redux_tensors
-
-    added = webui.root / "models" / "ipadapter" / "e2e-browser-redux.safetensors"
-    save_file({k: v.contiguous() for k, v in redux_tensors(embed=128, txt=64).items()}, str(added))
-    try:
-        page.open_accordion("txt2img", tick=False)
-        css = page.uid("txt2img", 1, "model")
-        page.find(page.uid("txt2img", 1, "refresh")).click()
-        page.wait(lambda: "e2e-browser-redux" in page.dropdown_options(css), "the Redux model in the list")
-
-        def shown() -> bool:
-            return bool(page.js("const el = document.querySelector(arguments[0]);"
-                                "return !!el && el.offsetParent !== null;", page.uid("txt2img", 1, "redux")))  # fmt: skip
-
-        assert not shown(), "the Redux controls show before a Redux model is chosen"
-        page.choose(css, "e2e-browser-redux")
-        page.wait(shown, "the Redux controls")
-        assert page.dropdown_value(page.uid("txt2img", 1, "redux_strength_mode")) == "scale"
-        assert page.number(page.uid("txt2img", 1, "redux_downsample")) == 1
-        assert page.dropdown_value(page.uid("txt2img", 1, "redux_downsample_mode")) == "area"
-        assert "attention bias" in page.dropdown_options(page.uid("txt2img", 1, "redux_strength_mode"))
-        info = page.wait(
-            lambda: (t := page.find(page.uid("txt2img", 1, "info")).text) and "Redux" in t and t, "the info"
-        )
-        assert "Flux Redux" in info and "strength" in info, info
-        print(f"\nscreenshot: {page.screenshot(artifacts / 'redux-unit.png', '#script_txt2img_ipadapter_enabled')}")
-        page.choose(css, "None")
-        page.wait(lambda: not shown(), "the Redux controls to hide")
-    finally:
-        added.unlink(missing_ok=True)
-        webui.client.get("/ipadapter/v1/models?refresh=true")
-
-
-def test_a_tiled_unit_with_a_reference_mask_through_the_page(page, model, tmp_path_factory):
-    """Crop "tiles" and a reference mask set in the page reach the generation (its infotext)."""
-    import base64
-
-    from .test_webui_craft import grey_mask, wide_reference
-
-    folder = tmp_path_factory.mktemp("craft")
-    wide, keep = folder / "wide.png", folder / "keep.png"
-    wide.write_bytes(base64.b64decode(wide_reference()))
-    keep.write_bytes(base64.b64decode(grey_mask((210, 90), 0.6)))
-    small_job(page, "txt2img")
-    set_up_unit_1(page, "txt2img", model, wide)
-    page.choose(page.uid("txt2img", 1, "crop"), "tiles")
-    box = page.uid("txt2img", 1, "reference_mask")
-    page.upload(box, keep)
-    page.wait(lambda: page.find_all(f"{box} img, {box} canvas"), "the reference mask to show")
-    info = page.generate("txt2img").replace("\n", " ")
-    assert "crop: tiles" in info and "tiles: 3 across" in info, info
-    assert "reference_mask: yes" in info, info

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from .conftest import WebUI
+from .http_client import pixels
 from .test_webui_http import generate, same_pixels, txt2img_payload, unit, with_units
-from .webui import pixels
 
 SIZE = 128
 DETECTOR = "mediapipe_face_short"

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from .conftest import WebUI
+from .http_client import pixels, png_b64
 from .test_webui_http import REFERENCE, baseline, generate, same_pixels, txt2img_payload, unit, with_units
-from .webui import pixels, png_b64
 
 __all__ = ["baseline"]  # the session fixture, shared with test_webui_http
 

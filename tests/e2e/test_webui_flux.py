@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import WebUI
+from .http_client import pixels, png_b64
 from .test_webui_http import REFERENCE, generate, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_regions import half_mask
-from .webui import ADAPTER_FILE, FLUX_KEY, is_flux_checkpoint, pixels, png_b64
+from .webui import ADAPTER_FILE, FLUX_KEY, is_flux_checkpoint
 
 FLUX_ADAPTER_FILE = "e2e-tiny-xlabs-flux.safetensors"
 ENCODER_EMBEDS = 40  # the image-embeds width of the suite's tiny CLIP encoder (tests/test_encoder.py TINY)

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from .conftest import WebUI
+from .http_client import pixels
 from .test_webui_flux import FLUX_ADAPTER_FILE, flux, flux_payload, flux_shapes, listed_models  # noqa: F401 (flux: a fixture)
 from .test_webui_http import REFERENCE, generate, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_regions import half_mask
-from .webui import FLUX_KEY, is_flux_checkpoint, pixels
+from .webui import FLUX_KEY, is_flux_checkpoint
 
 SIGLIP_FILE = "e2e-tiny-siglip.safetensors"
 INSTANTX_FILE = "e2e-tiny-instantx.bin"

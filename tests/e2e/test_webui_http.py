@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from .conftest import WebUI
-from .webui import SCRIPT_TITLE, Client, pixels, png_b64
+from .http_client import Client, pixels, png_b64
+from .webui import SCRIPT_TITLE
 
 REFERENCE = png_b64(96, seed=0)
 INIT_IMAGE = png_b64(64, seed=1)

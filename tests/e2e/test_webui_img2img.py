@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from .conftest import WebUI
+from .http_client import pixels, png_b64
 from .test_webui_http import INIT_IMAGE, generate, img2img_payload, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_inpaint import left_quarter, only_masked
-from .webui import pixels, png_b64
 
 OTHER_INIT = png_b64(64, seed=7)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 from .conftest import WebUI
+from .http_client import Client, pixels
 from .test_webui_http import latent_upscaler, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_regions import half_mask
-from .webui import Client, pixels
 
 HIRES = {"enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
          "hr_additional_modules": ["Use same choices"]}  # fmt: skip

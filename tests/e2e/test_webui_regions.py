@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .conftest import WebUI
+from .http_client import png_b64
 from .test_webui_http import (
     REFERENCE,
     baseline,
@@ -23,7 +24,6 @@ from .test_webui_http import (
     unit,
     with_units,
 )
-from .webui import png_b64
 
 __all__ = ["baseline"]  # the session fixture, shared with test_webui_http
 

@@ -1,5 +1,5 @@
-"""Helpers for the opt-in end-to-end suite: an HTTP client (standard library only), tiny model
-files sized to a checkpoint, and a WebUI process started from an install folder.
+"""Helpers for the opt-in end-to-end suite: tiny model files sized to a checkpoint, and a WebUI
+process started from an install folder (its HTTP client is in ``http_client.py``).
 
 Nothing here is imported from the WebUI, and nothing beyond the standard library is imported at
 module level: the normal test run collects this package and skips it without a WebUI. The model
@@ -8,9 +8,7 @@ writers import torch, safetensors and the test factories only when they run.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import json
 import os
 import re
@@ -20,11 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from .http_client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION_DIR_NAME = "sd-webui-ipadapter"
@@ -42,87 +38,9 @@ ENCODER_FILE = "e2e-tiny-clip.safetensors"
 
 START_TIMEOUT_S = float(os.environ.get("WEBUI_START_TIMEOUT", "300"))
 STARTED_LINE = "Startup time:"  # what every WebUI prints once its API and app_started callbacks are in
-REQUEST_TIMEOUT_S = float(os.environ.get("WEBUI_REQUEST_TIMEOUT", "300"))
 STOP_TIMEOUT_S = 30.0
 
 _ATTN2_K = re.compile(r"^(?P<module>.*\.transformer_blocks\.\d+\.attn2)\.to_k\.weight$")
-
-
-# --------------------------------------------------------------------------------------------- HTTP
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-class Client:
-    """JSON over HTTP with ``urllib``; every call has a timeout, non-2xx answers are returned."""
-
-    def __init__(self, base_url: str, auth: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.headers = {"Accept": "application/json"}
-        if auth:  # WEBUI_AUTH=user:password for a WebUI started with --api-auth
-            self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-
-    def request(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT_S) -> Response:
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = dict(self.headers)
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as answer:
-                return Response(answer.status, answer.read())
-        except urllib.error.HTTPError as err:
-            return Response(err.code, err.read())
-
-    def get(self, path: str, timeout: float = REQUEST_TIMEOUT_S) -> Response:
-        return self.request("GET", path, timeout=timeout)
-
-    def post(self, path: str, body: Any, timeout: float = REQUEST_TIMEOUT_S) -> Response:
-        return self.request("POST", path, body, timeout=timeout)
-
-    def answers(self, path: str, timeout: float = 5.0) -> bool:
-        try:
-            return self.get(path, timeout=timeout).status == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-
-# ------------------------------------------------------------------------------------------- images
-
-
-def png_b64(size: int = 96, seed: int = 0) -> str:
-    """A deterministic reference image (a gradient with seeded noise) as base64 PNG."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    ramp = np.arange(size, dtype=np.int32) * (256 // size)
-    xx, yy = np.meshgrid(ramp, ramp)
-    noise = rng.integers(0, 64, (size, size), dtype=np.int32)
-    pixels = np.stack([xx, yy, (xx + yy) // 2 + noise], -1).clip(0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def pixels(b64: str):
-    """The decoded RGB pixels of a base64 image, as a numpy array."""
-    import numpy as np
-    from PIL import Image
-
-    text = b64.split(",", 1)[1] if b64.startswith("data:") else b64
-    return np.array(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
 
 
 # ------------------------------------------------------------------------------------- model files
