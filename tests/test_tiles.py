@@ -122,19 +122,21 @@ def test_groups_in_one_call_equal_one_unit_per_tile(mode):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_one_attention_call_per_layer_for_all_groups(monkeypatch):
-    calls = []
-    original = F.scaled_dot_product_attention
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+def test_the_groups_cost_one_attention_over_all_their_tokens(monkeypatch):
+    """The query is not repeated per group: two products over all 15 tokens with the query's 4 heads
+    (scores, then values), no attention call per group."""
+    products, attention_calls = [], []
+    matmul, sdpa = torch.matmul, F.scaled_dot_product_attention
+    monkeypatch.setattr(torch, "matmul", lambda a, b: products.append((a.shape, b.shape)) or matmul(a, b))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: attention_calls.append(1) or sdpa(*a, **kw))
     qh = torch.randn(2, 4, 24, 8)
     k = v = torch.randn(1, 3 * 5, 32)
     sum_image_terms(qh, [ImageKV(k, v, 1.0, mask=torch.ones(3, 24), groups=3)])
-    assert calls == [torch.Size([2, 12, 24, 8])]  # one call, the three groups as extra heads
+    assert attention_calls == []
+    assert products == [
+        (torch.Size([2, 4, 24, 8]), torch.Size([2, 4, 8, 15])),
+        (torch.Size([2, 4, 24, 15]), torch.Size([2, 4, 15, 8])),
+    ]
 
 
 def test_a_grouped_term_needs_its_band_masks():

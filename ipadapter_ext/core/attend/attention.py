@@ -137,18 +137,14 @@ def sum_image_terms(qh: torch.Tensor, terms: Iterable[ImageKV]) -> torch.Tensor 
     return acc
 
 
-def _group_heads(t: torch.Tensor, b: int, groups: int, heads: int) -> torch.Tensor:
-    """[B or 1, G, T, heads·d] → [B, G·heads, T, d]: each group becomes ``heads`` more heads."""
-    rows, _, tokens, inner = t.shape
-    t = t.view(rows, groups, tokens, heads, inner // heads).permute(0, 1, 3, 2, 4)
-    return t.expand(b, -1, -1, -1, -1).reshape(b, groups * heads, tokens, inner // heads)
-
-
 def _grouped_term(qh: torch.Tensor, term: ImageKV) -> torch.Tensor:
-    """``Σ_g mask_g · Attn(q, K_g, V_g)`` in one attention call: the groups are stacked as extra
-    heads (the query repeated once per group), so every group has its own softmax, as if each tile
-    were its own unit, without a kernel launch per group. The weight mode scales each group alone
-    (K+mean(V) takes the mean over the group's tokens)."""
+    """``Σ_g mask_g · Attn(q, K_g, V_g)`` with the cost of one attention over all the groups' tokens:
+    the scores are taken once against every token, the softmax runs per group (every group has its
+    own, as if each tile were its own unit), each group's probabilities are scaled by its band of
+    ``mask``, and one product with all the values sums the groups. Repeating the query once per group
+    (one attention call with the groups as extra heads) cost 4× the one-image path per layer
+    (benchmarks/tiles_step.py). The weight mode scales each group alone (K+mean(V) takes the mean
+    over the group's tokens)."""
     b, heads, n, d = qh.shape
     g = term.groups
     if term.mask is None or term.mask.shape != (g, n):
@@ -156,6 +152,8 @@ def _grouped_term(qh: torch.Tensor, term: ImageKV) -> torch.Tensor:
     rows, tokens, inner = term.k.shape
     k, v = (t.to(device=qh.device, dtype=qh.dtype).view(rows, g, tokens // g, inner) for t in (term.k, term.v))
     k, v = term.scaler(k, v, term.weight)
-    q = qh.unsqueeze(1).expand(b, g, heads, n, d).reshape(b, g * heads, n, d)
-    out = F.scaled_dot_product_attention(q, _group_heads(k, b, g, heads), _group_heads(v, b, g, heads))
-    return torch.einsum("bghnd,gn->bhnd", out.view(b, g, heads, n, d), term.mask.to(device=out.device, dtype=out.dtype))
+    kh, vh = (_split_heads(t.reshape(rows, tokens, inner).expand(b, -1, -1), heads) for t in (k, v))
+    scores = torch.matmul(qh, kh.transpose(-1, -2)).float().mul_(d**-0.5)  # [B, heads, N, G·T]
+    probs = scores.view(b, heads, n, g, tokens // g).softmax(dim=-1)
+    probs = probs * term.mask.to(device=probs.device, dtype=probs.dtype).t().unsqueeze(-1)  # [N, G, 1]
+    return torch.matmul(probs.view(b, heads, n, tokens).to(vh.dtype), vh)
