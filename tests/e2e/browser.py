@@ -55,7 +55,33 @@ def start_driver(width: int = 1400, height: int = 2400) -> Any:
     options.page_load_strategy = "eager"  # gradio keeps connections open; its own readiness is waited for
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT_S)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SLOW_FRAMES})
     return driver
+
+
+#: Animation frames at most 5 a second per loop. Gradio 4's ImageEditor (the mask boxes on Forge)
+#: runs a PixiJS WebGL render loop per editor, hidden or not, at 60 fps: with 12 on the page, the
+#: software GL of a GPU-less Chromium took both cores and native clicks waited minutes for a frame.
+#: Cancelling still works (ids are the wrapper's own).
+SLOW_FRAMES = """(() => {
+  const raf = window.requestAnimationFrame.bind(window), caf = window.cancelAnimationFrame.bind(window);
+  const live = new Map(); let next = 1;
+  window.requestAnimationFrame = (cb) => {
+    const id = next++;
+    live.set(id, {timer: setTimeout(() => {
+      const entry = live.get(id);
+      if (entry) entry.frame = raf((t) => { live.delete(id); cb(t); });
+    }, 200)});
+    return id;
+  };
+  window.cancelAnimationFrame = (id) => {
+    const entry = live.get(id);
+    if (!entry) return;
+    live.delete(id);
+    clearTimeout(entry.timer);
+    if (entry.frame !== undefined) caf(entry.frame);
+  };
+})();"""
 
 
 class Page:
