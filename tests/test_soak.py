@@ -92,3 +92,42 @@ def test_each_check_catches_its_planted_fault(tmp_path, fault, caught_by):
     status, report = run_soak(tmp_path, fault)
     assert status == 1
     assert results(report)[caught_by] is False, report["checks"]
+
+
+def test_a_started_webui_leaves_the_install_as_found(tmp_path, monkeypatch):
+    """``--webui-root``: the extension link, the second checkpoint and the tiny models the soak
+    writes are all removed again (the process itself is a stand-in here)."""
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.e2e import webui as harness
+    from tests.test_e2e_harness import fake_install, tree
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from soaklib import webui as soak_webui
+
+    class Process:
+        def __init__(self, root: Path, log: Path, checkpoint: Path) -> None:
+            self.python, self.url, self.proc = "/bin/false", "http://127.0.0.1:1", None
+
+        def start(self) -> None:
+            self.proc = SimpleNamespace(pid=1)
+
+        def wait_ready(self, client: object) -> float:
+            return 0.0
+
+        def stop(self) -> None:
+            pass
+
+    root = tmp_path / "webui"
+    checkpoint = fake_install(root)
+    tensors = load_file(str(checkpoint))  # + the tensor the second checkpoint shifts
+    save_file({**tensors, "model.diffusion_model.out.2.bias": torch.zeros(4)}, str(checkpoint))
+    before = tree(root)
+    monkeypatch.setattr(harness, "WebUIProcess", Process)
+    with soak_webui.started(root, checkpoint) as (_, _, _, second):
+        assert (root / "extensions" / harness.EXTENSION_DIR_NAME).is_symlink()
+        assert (checkpoint.parent / second).is_file() and any((root / "models" / "ipadapter").iterdir())
+    assert tree(root) == before

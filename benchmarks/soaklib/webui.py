@@ -117,10 +117,7 @@ def started(root: Path, checkpoint: Path | None = None) -> Iterator[tuple[str, i
     if checkpoint is not None:
         os.environ["WEBUI_CKPT"] = str(checkpoint)
     first = find_checkpoint(root)
-    created: list[Path] = []
-    link = link_extension(root)
-    if link is not None:
-        created.append(link)
+    created: list[Path] = link_extension(root)  # the link, and extensions/ when the install had none
     log = Path(tempfile.mkdtemp(prefix="soak-webui-")) / "webui.log"
     server = WebUIProcess(root, log, first)
     try:
