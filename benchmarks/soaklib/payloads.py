@@ -177,7 +177,8 @@ def generation(
     img2img = mode in ("img2img", "inpaint")
     if mode == "hires":
         body.update(enable_hr=True, hr_scale=1.5, hr_second_pass_steps=max(1, steps // 2), denoising_strength=0.5,
-                    hr_upscaler="Latent")  # fmt: skip
+                    hr_upscaler="Latent", hr_additional_modules=["Use same choices"])  # fmt: skip
+        # (Forge's API fails with a 500 on hires without that field; A1111 ignores it)
     if img2img:
         inits = [refs.take() for _ in range(batch if rng.random() < 0.5 else 1)]
         body.update(init_images=inits, denoising_strength=0.6)
