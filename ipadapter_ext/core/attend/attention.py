@@ -153,7 +153,8 @@ def _grouped_term(qh: torch.Tensor, term: ImageKV) -> torch.Tensor:
     k, v = (t.to(device=qh.device, dtype=qh.dtype).view(rows, g, tokens // g, inner) for t in (term.k, term.v))
     k, v = term.scaler(k, v, term.weight)
     kh, vh = (_split_heads(t.reshape(rows, tokens, inner).expand(b, -1, -1), heads) for t in (k, v))
-    scores = torch.matmul(qh, kh.transpose(-1, -2)).float().mul_(d**-0.5)  # [B, heads, N, G·T]
+    # scaled before the product, as SDPA does, so fp16 scores stay in range; the softmax runs in fp32
+    scores = torch.matmul(qh * d**-0.5, kh.transpose(-1, -2)).float()  # [B, heads, N, G·T]
     probs = scores.view(b, heads, n, g, tokens // g).softmax(dim=-1)
     probs = probs * term.mask.to(device=probs.device, dtype=probs.dtype).t().unsqueeze(-1)  # [N, G, 1]
     return torch.matmul(probs.view(b, heads, n, tokens).to(vh.dtype), vh)
