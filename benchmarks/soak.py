@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soaklib import checks, report
 from soaklib.client import Http, pid_listening_on, rss_bytes
 from soaklib.discover import discover
-from soaklib.payloads import References
+from soaklib.payloads import References, WithoutUnits
 from soaklib.plan import WEIGHTS, draw_plan
 from soaklib.runner import SETTINGS, Config, Runner, restore_settings
 
 MIB = 2**20
+#: what a control run does not draw: requests that exist only for the extension.
+CONTROL_SKIPS = ("encode", "faces", "cache", "malformed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,9 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pid", type=int, help="the WebUI's process id (memory check)")
     p.add_argument("--log", type=Path, help="the WebUI's console log (Traceback check)")
     p.add_argument("--memory-margin-mib", type=float,
-                   help="allowed growth after request N/6 (default: 64 MiB + 10%% of the memory then)")  # fmt: skip
+                   help="allowed rise of the memory floor, last sixth vs second sixth of the requests (default: 64 MiB + 10%% of the second sixth's floor)")  # fmt: skip
     p.add_argument("--skip", action="append", default=[], choices=sorted(WEIGHTS),
                    help="a kind of request or event not to draw (repeatable), e.g. to tell what memory growth comes from")  # fmt: skip
+    p.add_argument("--control", action="store_true",
+                   help="send no unit at all (and no encode, faces, cache or malformed request): the host's own memory curve under the same interrupts, switches and settings")  # fmt: skip
     p.add_argument("--second-checkpoint", help="the checkpoint to switch to (default: another listed one)")
     p.add_argument("--auth", help="user:password for --api-auth")
     p.add_argument("--title", default="", help="heading of the report (e.g. the host and its commit)")
@@ -94,9 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         exclude = tuple(k for k, off in (("switch", catalog.checkpoints[1] is None), ("faces", not catalog.face_models),
                                          ("setting", not catalog.settings)) if off)  # fmt: skip
         exclude += tuple(args.skip)
+        if args.control:
+            exclude += CONTROL_SKIPS
+            catalog.face_models.clear()  # no face analysis in the warm-up either
         plan = draw_plan(args.requests, args.seed, exclude)
         config = Config(args.size, args.steps, args.interrupt_steps, args.clients)
-        runner = Runner(http, catalog, refs, config, (lambda: rss_bytes(pid)) if pid else (lambda: None))
+        runner = Runner(
+            WithoutUnits(http) if args.control else http,
+            catalog,
+            refs,
+            config,
+            (lambda: rss_bytes(pid)) if pid else (lambda: None),
+        )
         offset = log.stat().st_size if log is not None and log.exists() else 0
         started_at = time.monotonic()
         try:
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         final = http.get("/ipadapter/v1/cache")
         final_report = final.body.get("caches") if final.status == 200 else None
         total = len(runner.records)
-        reference = runner.memory and next((m for d, m in runner.memory if d >= max(1, total // 6)), None)
+        reference = checks.floors(runner.memory, total)[1][2] if runner.memory else None
         margin = (
             args.memory_margin_mib * MIB if args.memory_margin_mib is not None else 64 * MIB + 0.1 * (reference or 0)
         )
@@ -143,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoints": " ↔ ".join(str(c) for c in catalog.checkpoints if c),
             "duration": f"{took:.0f} s",
             **({"not drawn": ", ".join(args.skip)} if args.skip else {}),
+            **(
+                {"control": "no IP-Adapter unit sent; no encode, faces, cache or malformed request"}
+                if args.control
+                else {}
+            ),
         }
         text = report.markdown(meta, runner.records, runner.events.counts, runner.memory, results)
         print(text)

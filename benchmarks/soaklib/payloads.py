@@ -198,3 +198,21 @@ def plain(size: int, steps: int, prompt: str = "soak baseline", seed: int = 1) -
 
 def with_units(body: dict, *units: Any) -> dict:
     return {**body, "alwayson_scripts": {"IP-Adapter": {"args": list(units)}}}
+
+
+class WithoutUnits:
+    """An ``Http`` that sends every generation without its IP-Adapter units: the control run
+    (``--control``), whose memory curve is the host's own under the same interrupts, switches
+    and settings, to set beside a run with units when memory grows."""
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+
+    def get(self, path: str, timeout: float | None = None) -> Any:
+        return self.http.get(path, timeout)
+
+    def post(self, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        if path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img") and isinstance(body, dict):
+            scripts = {k: v for k, v in (body.get("alwayson_scripts") or {}).items() if k != "IP-Adapter"}
+            body = {**body, "alwayson_scripts": scripts}
+        return self.http.post(path, body, timeout)

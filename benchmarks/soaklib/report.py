@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from .checks import MIB, Check
+from .checks import MIB, Check, floors
 from .runner import Record
 
 _UNITS = re.compile(r" \((\d+) units\)$")
@@ -97,7 +97,12 @@ def plot(path: Path, samples: list[tuple[int, int]], title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot([d for d, _ in samples], [rss / MIB for _, rss in samples], lw=1.2)
+    ax.plot([d for d, _ in samples], [rss / MIB for _, rss in samples], lw=1.2, label="sampled")
+    for first, last, floor in floors(samples, samples[-1][0]):
+        if floor is not None:
+            ax.hlines(floor / MIB, first, last, colors="tab:red", lw=1.5, label="floor of each sixth"
+                      if first == 1 else None)  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("requests answered")
     ax.set_ylabel("WebUI resident memory (MiB)")
     ax.set_title(title)
