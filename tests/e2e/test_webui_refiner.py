@@ -19,13 +19,15 @@ Opt-in like the rest of tests/e2e. ``WEBUI_ROOT``: the twins are written before 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import PurePath
 
 import pytest
 
 from . import extras as extra_files
-from .conftest import WebUI
+from .conftest import HOST_DEFECT, WebUI
 from .test_webui_http import generate, same_pixels, txt2img_payload, unit, with_units
+from .test_webui_sdxl import _enough_memory as enough_memory
 
 SWITCH_AT = 0.5
 #: Enough steps that some come after the switch and after the late unit's start (A1111 switches by
@@ -35,7 +37,17 @@ LATE = 0.75
 
 
 def _title(webui: WebUI, file_name: str) -> str | None:
+    """The listed title of ``file_name``. Where the host's ``/sdapi/v1/sd-models`` fails (ersatzForge
+    fca12a2) and the session put the file into the install, the failure is flagged as the host's and
+    the file name, which the refiner field accepts as well, is used."""
     answer = webui.client.get("/sdapi/v1/sd-models")
+    if answer.status != 200 and webui.mode == "root":
+        warnings.warn(
+            f"{HOST_DEFECT}: GET /sdapi/v1/sd-models answered {answer.status} ({answer.text[:200]}); "
+            f"the checkpoint is named by its file name {file_name!r}",
+            stacklevel=2,
+        )
+        return file_name
     assert answer.status == 200, answer.text
     for entry in answer.json():
         if file_name in (entry.get("title"), entry.get("model_name"), PurePath(entry.get("filename") or "").name):
@@ -78,12 +90,23 @@ def test_a_unit_acts_in_the_refiner_steps_when_it_fits(webui: WebUI, model: str,
         assert "not applied after the switch" not in log, log[-3000:]
 
 
+def _no_sdxl_reason(webui: WebUI) -> str:
+    """Why this session has no SDXL to switch to, in words."""
+    if webui.extras is None:
+        return "WEBUI_URL mode: the suite writes no SDXL into a WebUI it did not start"
+    return webui.extras.sdxl_skipped or "no SDXL was written in this session"
+
+
 def test_a_refiner_the_adapter_does_not_fit_finishes_without_the_unit(webui: WebUI, model: str):
-    """An SD1.5 unit with the tiny SDXL twin as the refiner (A1111 only: Forge cannot load it)."""
-    if webui.extras is None or webui.extras.sdxl_refiner_twin is None:
-        pytest.skip("no tiny SDXL in this session (Forge, or WEBUI_E2E_SDXL=0, or WEBUI_URL mode)")
-    title = _title(webui, extra_files.SDXL_REFINER_TWIN_FILE)
-    assert title is not None, "the tiny SDXL twin was written before the start, but the server does not list it"
+    """An SD1.5 unit with an SDXL refiner: on A1111 the tiny SDXL's twin, on the Forge family (which
+    cannot load the tiny SDXL) the full-size SDXL checkpoint the install holds."""
+    files = webui.extras.sdxl if webui.extras is not None else None
+    if files is None:
+        pytest.skip(f"no SDXL refiner: {_no_sdxl_reason(webui)}")
+    wanted = files.checkpoint if files.full_size else webui.extras.sdxl_refiner_twin.name
+    enough_memory(files)
+    title = _title(webui, wanted)
+    assert title is not None, f"the SDXL refiner {wanted} is in the install, but the server does not list it"
     before = len(_log(webui))
     with_unit = generate(webui.client, with_units(refined(title), unit(model)))[0]
     plain = generate(webui.client, refined(title))[0]
@@ -95,8 +118,16 @@ def test_a_refiner_the_adapter_does_not_fit_finishes_without_the_unit(webui: Web
 def test_an_sdxl_unit_follows_a_new_sdxl_model(webui: WebUI):
     """The tiny SDXL with its twin as the refiner: A1111 builds a new model (another yaml) and the
     unit, whose adapter fits it, moves onto its UNet."""
-    if webui.extras is None or webui.extras.sdxl is None or webui.extras.sdxl_refiner_twin is None:
-        pytest.skip("no tiny SDXL in this session (Forge, or WEBUI_E2E_SDXL=0, or WEBUI_URL mode)")
+    files = webui.extras.sdxl if webui.extras is not None else None
+    if files is None:
+        pytest.skip(f"no SDXL: {_no_sdxl_reason(webui)}")
+    if files.full_size:
+        pytest.skip(
+            "Forge family: only the full-size SDXL loads here, and a refiner twin of it would load 6.5 GiB twice "
+            "per generation; what this test adds (A1111 building a new model for another yaml) does not exist on "
+            "Forge, which builds one at every switch (test_a_unit_acts_in_the_refiner_steps_when_it_fits)"
+        )
+    assert webui.extras.sdxl_refiner_twin is not None
     base = _title(webui, webui.extras.sdxl.checkpoint)
     twin = _title(webui, extra_files.SDXL_REFINER_TWIN_FILE)
     assert base and twin
