@@ -31,6 +31,7 @@ from ..interop.xyz import apply_overrides, register_xyz_axes
 from ..schema import DEFAULTS, with_default_weight
 from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
+from .callbacks import register
 from .face_preprocessors import register_face_preprocessors
 from .img2img_inputs import resolve as resolve_img2img
 from .inpaint_area import follow_inpaint_area
@@ -384,11 +385,11 @@ def register_common(script_callbacks: Any, current_placement: Callable[[], Any])
         register_routes(app, engine, loaded_signature, current_placement, generation_queue, free_memory)
         install_bare_unit(app)
 
-    script_callbacks.on_app_started(app_started, name="ipadapter_routes")
+    register(script_callbacks.on_app_started, app_started, "ipadapter_routes")
     register_face_preprocessors(script_callbacks)
     register_xyz()
     if hasattr(script_callbacks, "on_before_ui"):
-        script_callbacks.on_before_ui(register_xyz, name="ipadapter_xyz_axes")
+        register(script_callbacks.on_before_ui, register_xyz, "ipadapter_xyz_axes")
 
 
 def register_xyz() -> None:

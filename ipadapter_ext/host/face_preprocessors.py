@@ -15,6 +15,7 @@ from ..core.face.errors import FaceAnalysisError
 from ..core.face.insightface_compat import FACE_ALIGN, InsightFaceApp
 from ..interop.controlnet import controlnet_dirs
 from ..interop.face_preprocessors import ServeReport, insightface_importable, registries, serve
+from .callbacks import register
 from .models import engine
 
 PREFIX = "[IP-Adapter]"
@@ -107,5 +108,5 @@ def serve_face_preprocessors(*_args: Any) -> None:
 
 def register_face_preprocessors(script_callbacks: Any) -> None:
     if hasattr(script_callbacks, "on_before_ui"):
-        script_callbacks.on_before_ui(serve_face_preprocessors, name="ipadapter_face_preprocessors")
-    script_callbacks.on_app_started(serve_face_preprocessors, name="ipadapter_face_preprocessors_started")
+        register(script_callbacks.on_before_ui, serve_face_preprocessors, "ipadapter_face_preprocessors")
+    register(script_callbacks.on_app_started, serve_face_preprocessors, "ipadapter_face_preprocessors_started")

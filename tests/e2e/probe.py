@@ -55,7 +55,7 @@ def _routes(_demo, app):
     + """", _report, methods=["GET"])
 
 
-script_callbacks.on_app_started(_routes, name="e2e_ipadapter_probe")
+script_callbacks.on_app_started(_routes)  # no name=: older hosts (Forge Classic) take none
 """
 )
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ...core.job import Job
 from ...interop.controlnet import coexistence_note
+from ..callbacks import register
 from ..common import (
     StateBase,
     append_faces,
@@ -169,7 +170,7 @@ def register_callbacks() -> None:
     """Once, at script import; A1111 drops a script's callbacks when it reloads the script."""
     from modules import script_callbacks
 
-    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="ipadapter_cfg_denoiser")
-    script_callbacks.on_model_loaded(lambda _m: sweep(), name="ipadapter_model_loaded")
-    script_callbacks.on_script_unloaded(sweep, name="ipadapter_unloaded")
+    register(script_callbacks.on_cfg_denoiser, on_cfg_denoiser, "ipadapter_cfg_denoiser")
+    register(script_callbacks.on_model_loaded, lambda _m: sweep(), "ipadapter_model_loaded")
+    register(script_callbacks.on_script_unloaded, sweep, "ipadapter_unloaded")
     register_common(script_callbacks, current_placement)

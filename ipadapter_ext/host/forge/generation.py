@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from ...core.errors import IPAdapterError
 from ...ui.infotext import KEY
+from ..callbacks import register
 from ..common import (
     StateBase,
     append_faces,
@@ -287,5 +288,5 @@ def register_callbacks() -> None:
     """Once, at script import."""
     from modules import script_callbacks
 
-    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="ipadapter_cfg_denoiser")
+    register(script_callbacks.on_cfg_denoiser, on_cfg_denoiser, "ipadapter_cfg_denoiser")
     register_common(script_callbacks, current_placement)

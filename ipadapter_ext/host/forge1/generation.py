@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..callbacks import register
 from ..common import new_state, register_common
 from ..forge.generation import ForgeState, before_sampling, on_cfg_denoiser, postprocess
 from ..forge.readers import Readers
@@ -36,5 +37,5 @@ def register_callbacks() -> None:
     """Once, at script import."""
     from modules import script_callbacks
 
-    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="ipadapter_cfg_denoiser")
+    register(script_callbacks.on_cfg_denoiser, on_cfg_denoiser, "ipadapter_cfg_denoiser")
     register_common(script_callbacks, current_placement)
