@@ -140,3 +140,20 @@ def test_nothing_is_sent_before_the_webui_says_it_started(tmp_path, started):
             assert took >= 4.0 and min(_REQUESTS) - begin >= 4.0
     finally:
         server.shutdown()
+
+
+def test_a_script_that_failed_to_load_ends_the_wait_at_once_with_its_traceback(tmp_path):
+    """The host starts without our script (Forge Classic rejected ``name=`` once): no route of ours
+    will ever answer, so the wait ends with the host's report instead of running out its timeout."""
+    process = harness.WebUIProcess.__new__(harness.WebUIProcess)
+    process.log_path = tmp_path / "webui.log"
+    process.log_path.write_text(
+        "*** Error loading script: ipadapter.py\n    Traceback (most recent call last):\n"
+        "    TypeError: on_cfg_denoiser() got an unexpected keyword argument 'name'\n"
+        "Running on local URL:  http://127.0.0.1\nStartup time: 9.9s.\n"
+    )
+    process.proc = type("Running", (), {"poll": lambda self: None})()
+    begin = time.monotonic()
+    with pytest.raises(RuntimeError, match="could not load the extension's script(.|\n)*unexpected keyword"):
+        process.wait_ready(http_client.Client("http://127.0.0.1:9"), timeout=60.0)
+    assert time.monotonic() - begin < 5.0

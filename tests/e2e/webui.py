@@ -37,6 +37,8 @@ ADAPTER_FILE = "e2e-tiny-plus.safetensors"
 ENCODER_FILE = "e2e-tiny-clip.safetensors"
 
 START_TIMEOUT_S = float(os.environ.get("WEBUI_START_TIMEOUT", "300"))
+#: what A1111 and every Forge print when a script raises at import (``modules/scripts.py``).
+SCRIPT_FAILED = "Error loading script: ipadapter.py"
 STARTED_LINE = "Startup time:"  # what every WebUI prints once its API and app_started callbacks are in
 STOP_TIMEOUT_S = 30.0
 
@@ -322,7 +324,13 @@ class WebUIProcess:
                 raise RuntimeError(
                     f"the WebUI exited with code {self.proc.returncode} before answering:\n{self.tail()}"
                 )
-            started = STARTED_LINE in self.tail(chars=200_000) or time.monotonic() - start > 0.8 * timeout
+            log = self.tail(chars=200_000)
+            started = STARTED_LINE in log or time.monotonic() - start > 0.8 * timeout
+            if STARTED_LINE in log and SCRIPT_FAILED in log:  # the host goes on without us: no route will come
+                at = log.index(SCRIPT_FAILED)
+                raise RuntimeError(
+                    f"the WebUI started but could not load the extension's script:\n{log[at : at + 4000]}"
+                )
             # the extension's routes come from an app_started callback, which runs after the API's
             if started and all(
                 client.answers(path, timeout=5.0) for path in ("/sdapi/v1/options", "/ipadapter/v1/version")
