@@ -32,8 +32,9 @@ from .conftest import WebUI
 from .test_webui_http import generate, same_pixels, txt2img_payload
 from .webui import checkpoint_attn2
 
-#: What Forge dfdcbab6's own IP-Adapter attention patch (lib_ipadapter/IPAdapterPlus.py,
-#: ``CrossAttentionPatch.__call__``) raised on the test host (torch 2.13, CPU), after preprocessing.
+#: What the built-in IP-Adapter attention patch of Forge dfdcbab6 and reForge 3b56b268
+#: (lib_ipadapter/IPAdapterPlus.py, ``CrossAttentionPatch.__call__``) raised on the test hosts (torch
+#: 2.13, CPU), after preprocessing.
 FORGE_ATTENTION_BUG = "Inference tensors do not track version counter"
 SERVING = re.compile(r"\[IP-Adapter\] insightface is not installed: serving (.*) with this extension's face analysis")
 CN_FACEID = "e2e-tiny-cn-faceid"  # "faceid" in the name: how sd-webui-controlnet tells FaceID models apart
@@ -217,8 +218,9 @@ def test_forge_instantid_unit_runs_in_txt2img(webui: WebUI, served: dict):
         # its IP-Adapter code has the face tokens); what fails is Forge's own attention patch.
         assert "Method InsightFace (InstantID) patched" in log and "No face detected" not in log
         pytest.xfail(
-            "the face tokens were made (served analysis, Forge's IPAdapterApply), but Forge dfdcbab6's built-in "
-            f"IP-Adapter attention patch then fails on this host's torch: {FORGE_ATTENTION_BUG}"
+            "the face tokens were made (served analysis, the host's IPAdapterApply), but the host's built-in "
+            f"IP-Adapter attention patch (sd_forge_ipadapter) then fails on this torch ({torch.__version__}): "
+            f"{FORGE_ATTENTION_BUG}"
         )
     assert answer.status == 200, answer.text[:2000]
     with_face = answer.json()["images"][0]
