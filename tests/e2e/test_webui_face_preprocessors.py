@@ -219,7 +219,7 @@ def test_forge_instantid_unit_runs_in_txt2img(webui: WebUI, served: dict):
         assert "Method InsightFace (InstantID) patched" in log and "No face detected" not in log
         pytest.xfail(
             "the face tokens were made (served analysis, the host's IPAdapterApply), but the host's built-in "
-            f"IP-Adapter attention patch (sd_forge_ipadapter) then fails on this torch ({torch.__version__}): "
+            "IP-Adapter attention patch (sd_forge_ipadapter) then fails on the host's torch: "
             f"{FORGE_ATTENTION_BUG}"
         )
     assert answer.status == 200, answer.text[:2000]
