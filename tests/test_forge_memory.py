@@ -80,7 +80,7 @@ class Run:
     lora_on: dict[str, int]  # hooked attention Linears per UNet when the last step ran
 
 
-def generate(env, monkeypatch, refiner: str | None = None, gpu: bool = False, **unit) -> Run:
+def generate(env, monkeypatch, refiner: str | None = None, gpu: bool = False, flavour=None, **unit) -> Run:
     from backend import memory_management
 
     memory_management.reset()
@@ -107,6 +107,8 @@ def generate(env, monkeypatch, refiner: str | None = None, gpu: bool = False, **
     p = ForgeProcessing(
         sd_model=base, cond=torch.randn(1, 77, CTX, generator=g), uncond=torch.randn(1, 77, CTX, generator=g)
     )
+    if flavour is not None:
+        p.flavour = flavour
     if refiner is not None:
         p.refiner_checkpoint_info, p.refiner_switch_at = CHECKPOINTS[refiner], 0.5
         p.refiner_cond = p.refiner_uncond = torch.randn(1, 77, 64, generator=g)
@@ -182,3 +184,20 @@ def test_forge_on_a_second_device_with_the_refiner(env, monkeypatch, capsys, uni
         ended = generate(env, monkeypatch, refiner, **fields, end=0.5)
         assert torch.equal(ended.samples, oracle.samples) is not fits
     assert out.count("IP-Adapter: unit 1") == 1 and oracle_out.count("IP-Adapter: unit 1") == 1
+
+
+@torch.no_grad()
+def test_a_host_that_runs_the_scripts_at_the_refiner_switch(env, monkeypatch, capsys):
+    """ersatzForge fca12a2 calls ``process_before_every_sampling`` on the refiner right after loading
+    it; the unit goes onto the refiner there (the same samples as Forge's switch in on_cfg_denoiser)
+    and the console still says so."""
+    from tests.doubles.forge_sampling import ERSATZ
+
+    forge_like = generate(env, monkeypatch, "fitting")
+    capsys.readouterr()
+    ersatz_like = generate(env, monkeypatch, "fitting", flavour=ERSATZ)
+    assert not ersatz_like.errors, ersatz_like.errors
+    out = capsys.readouterr().out
+    assert out.count("IP-Adapter: applied to the refiner") == 1, out
+    assert ersatz_like.kv_loaded == forge_like.kv_loaded == 2
+    torch.testing.assert_close(ersatz_like.samples, forge_like.samples, rtol=1e-5, atol=1e-5)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from modules import script_callbacks, shared
@@ -53,9 +53,13 @@ class Flavour:
     extra_options: tuple[str, ...] = ()  # further keys calc_cond_batch puts in transformer_options
     #: the module with the host's ``sampling_prepare``/``sampling_cleanup``
     sampler_module: str = "backend.sampling.sampling_function"
+    #: the refiner switch runs ``process_before_every_sampling`` on the new model (ersatzForge
+    #: fca12a2's ``sd_samplers_common.apply_refiner``; Forge dfdcbab6's does not)
+    hook_at_refiner: bool = False
 
 
 FORGE2 = Flavour(forge_unet_forward, lambda model, t: model.predictor.sigma(t), hook_before_reset=True)
+ERSATZ = replace(FORGE2, hook_at_refiner=True)
 
 
 def forge1_flavour(precision_argument: bool = True) -> Flavour:
@@ -114,6 +118,8 @@ def apply_refiner(denoiser, x) -> bool:
     shared.sd_model = refiner
     script_callbacks.model_loaded_callback(refiner)
     p.sd_model = shared.sd_model  # ``p.sd_model`` is a property over ``shared.sd_model``
+    if p.flavour.hook_at_refiner:
+        p.before_every_sampling(x)
     p.setup_conds()
     sampling_prepare(shared.sd_model.forge_objects.unet, x=x)
     return True
@@ -218,6 +224,7 @@ class ForgeProcessing:
     refiner_uncond: torch.Tensor | None = None
     conds: tuple = ()
     flavour: Flavour = FORGE2
+    before_every_sampling: Callable = lambda x: None  # the scripts' hook, set by run_forge_job
     fail_at_step: int | None = None  # the denoiser raises there (an interrupt, an OOM, another extension)
 
     @property
@@ -247,6 +254,8 @@ def run_forge_job(script, args, p: ForgeProcessing, errors: list[str] | None = N
             script.process_before_every_sampling(p, *args, x=x, noise=x, c=p.cond, uc=p.uncond)
         except Exception:
             errors.append(traceback.format_exc())
+
+    p.before_every_sampling = hook
 
     def new_pass(x, hires=False):
         if hires and p.flavour.hook_before_reset:  # Forge 2's sample_hr_pass: once more *before* the reset

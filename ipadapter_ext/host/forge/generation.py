@@ -238,9 +238,19 @@ def before_sampling(p: Any) -> None:
     if state.error is not None or state.skip_hires(p):
         return
     state.take_seeds(p)
+    before = state.patched_model
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
+    if before is not None and state.patched_model is not before and is_refiner_pass(p):
+        # ersatzForge runs this hook at the refiner switch itself, so on_cfg_denoiser sees no switch
+        state.note(f"IP-Adapter: applied to the refiner ({model_signature(p.sd_model).family}) too.")
     state.check_double_lora(p)
     note_context_tokens(p, state)
+
+
+def is_refiner_pass(p: Any) -> bool:
+    """The model about to sample is the generation's refiner."""
+    info = getattr(p, "refiner_checkpoint_info", None)
+    return info is not None and getattr(p.sd_model, "sd_checkpoint_info", None) == info
 
 
 def note_context_tokens(p: Any, state: ForgeState) -> None:
