@@ -70,8 +70,8 @@ def memory(samples: list[tuple[int, int]], total: int, margin: int) -> tuple[Che
     floor of the last window above that of an early one. Hence the floors are compared, from
     the second window on (the first still holds the warm-up's first loads)."""
     windows = floors(samples, total)
-    reference, last = windows[1][2], windows[-1][2]
     early, late = windows[1], windows[-1]
+    reference, last = early[2], late[2]
     name = (f"memory floor of requests {late[0]}-{late[1]} within {margin / MIB:.0f} MiB "
             f"of that of requests {early[0]}-{early[1]}")  # fmt: skip
     if not samples:

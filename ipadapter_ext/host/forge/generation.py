@@ -178,7 +178,10 @@ class ForgeState(StateBase):
             return
         self.apply(sd_model)
         self.readers.prepare(sd_model.forge_objects.unet, x)
-        self.note(f"IP-Adapter: applied to the refiner ({signature.family}) too.")
+        self.note_refiner(signature.family)
+
+    def note_refiner(self, family: str) -> None:
+        self.note(f"IP-Adapter: applied to the refiner ({family}) too.")
 
 
 def register_patches(patcher: Any, run: ForgeRun) -> None:
@@ -242,7 +245,7 @@ def before_sampling(p: Any) -> None:
     prepare_or_record(state, lambda: state.follow_inpaint_area(p) and state.patch(p.sd_model))
     if before is not None and state.patched_model is not before and is_refiner_pass(p):
         # ersatzForge runs this hook at the refiner switch itself, so on_cfg_denoiser sees no switch
-        state.note(f"IP-Adapter: applied to the refiner ({model_signature(p.sd_model).family}) too.")
+        state.note_refiner(model_signature(p.sd_model).family)
     state.check_double_lora(p)
     note_context_tokens(p, state)
 
