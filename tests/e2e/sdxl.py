@@ -29,9 +29,10 @@ writes (deterministic: fixed seeds):
     :func:`~tests.e2e.webui.write_tiny_models` writes; no second encoder is needed.
 
 Live previews: on its first SDXL generation A1111 loads (and, when absent, downloads)
-``VAE-approx/vaeapprox-sdxl.pt``. Offline that fails, so the SDXL tests turn live previews off
-per request (``override_settings: {"live_previews_enable": false}``) instead of writing a file
-into the install's ``VAE-approx`` folder.
+``VAE-approx/vaeapprox-sdxl.pt``. Offline that fails, so the SDXL tests send
+:data:`NO_APPROX_PREVIEW` per request instead of writing a file into the install's
+``VAE-approx`` folder: live previews off, and the "Approx cheap" method, because ersatzForge has
+no ``live_previews_enable`` and loads the "Approx NN" model whenever that is the preview method.
 
 When: ``WEBUI_E2E_SDXL=1`` writes the files, ``0`` never does; unset (the default) writes them
 for an A1111 install and not for the Forge families, whose loaders take SDXL's sizes from bundled
@@ -73,6 +74,8 @@ FULL_ADAPTER_FILE = "e2e-sdxl-base.safetensors"
 TOKENIZER_DIR = "e2e-tiny-sdxl-clip-l"
 ENV = "WEBUI_E2E_SDXL"
 SDXL_CONTEXT = 2048
+#: override_settings that keep an SDXL generation from loading (offline: downloading) the approx preview model
+NO_APPROX_PREVIEW = {"live_previews_enable": False, "show_progress_type": "Approx cheap"}
 SDXL_ATTN2_LAYERS = 70
 
 

@@ -182,17 +182,25 @@ def test_img2img_with_a_unit(webui: WebUI, model: str):
 
 
 def test_together_with_controlnet(webui: WebUI, model: str):
-    version = webui.client.get("/controlnet/version")
-    if version.status != 200:
-        pytest.skip(f"sd-webui-controlnet is not installed in this WebUI (GET /controlnet/version: {version.status})")
+    """A ControlNet unit and ours in one request: sd-webui-controlnet on A1111, the built-in one
+    (``sd_forge_controlnet``, which serves ``/controlnet/model_list`` but no ``/controlnet/version``)
+    on the Forge family."""
     listed = webui.client.get("/controlnet/model_list")
-    names = [m for m in (listed.json().get("model_list", []) if listed.status == 200 else []) if m != "None"]
+    if listed.status != 200:
+        pytest.skip(f"this WebUI has no ControlNet API (GET /controlnet/model_list: {listed.status})")
+    builtin = webui.client.get("/controlnet/version").status != 200
+    names = [m for m in listed.json().get("model_list", []) if m not in ("None", "none")]
     cn_model = os.environ.get("WEBUI_CONTROLNET_MODEL") or (names[0] if names else None)
     if not cn_model:
-        pytest.skip("sd-webui-controlnet is installed but lists no ControlNet model (set WEBUI_CONTROLNET_MODEL)")
-    cn_unit = {"enabled": True, "image": INIT_IMAGE, "module": "none", "model": cn_model, "weight": 1.0}
+        pytest.skip(
+            f"{'the built-in ControlNet' if builtin else 'sd-webui-controlnet'} lists no ControlNet model: "
+            "put one for this checkpoint's base in models/ControlNet or set WEBUI_CONTROLNET_MODEL"
+        )
+    module = "None" if builtin else "none"  # "no preprocessor": the built-in's name, sd-webui-controlnet's
+    cn_unit = {"enabled": True, "image": INIT_IMAGE, "module": module, "model": cn_model, "weight": 1.0}
     cn_only = txt2img_payload(alwayson_scripts={"ControlNet": {"args": [cn_unit]}})
     plain = generate(webui.client, cn_only)
+    assert not same_pixels(plain[0], generate(webui.client, txt2img_payload())[0]), "the ControlNet unit had no effect"
     both = generate(webui.client, with_units(cn_only, unit(model)))
     assert not same_pixels(both[0], plain[0]), "the IP-Adapter unit had no effect next to a ControlNet unit"
     assert same_pixels(generate(webui.client, cn_only)[0], plain[0]), "state leaked between ControlNet requests"

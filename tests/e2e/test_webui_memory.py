@@ -24,6 +24,7 @@ import pytest
 
 from .conftest import WebUI
 from .probe import ROUTE
+from .sdxl import NO_APPROX_PREVIEW
 from .test_webui_http import generate, txt2img_payload, unit, with_units
 
 MEMORY_FLAGS = ("--medvram", "--lowvram", "--medvram-sdxl")
@@ -94,7 +95,7 @@ def test_medvram_sdxl_engages_lowvram_for_sdxl_only(webui: WebUI, model: str):
         pytest.skip("no tiny SDXL in this session")
     listed = webui.client.get("/sdapi/v1/sd-models").json()
     title = next(c["title"] for c in listed if Path(c.get("filename") or "").name == webui.extras.sdxl.checkpoint)
-    settings = {"sd_model_checkpoint": title, "live_previews_enable": False}
+    settings = {"sd_model_checkpoint": title, **NO_APPROX_PREVIEW}
     generate(
         webui.client, txt2img_payload(steps=1, override_settings=settings, override_settings_restore_afterwards=True)
     )

@@ -26,6 +26,7 @@ import pytest
 
 from . import extras as extra_files
 from .conftest import HOST_DEFECT, WebUI
+from .sdxl import NO_APPROX_PREVIEW
 from .test_webui_http import generate, same_pixels, txt2img_payload, unit, with_units
 from .test_webui_sdxl import _enough_memory as enough_memory
 
@@ -73,7 +74,7 @@ def refiner(webui: WebUI, model: str) -> str:
 
 def refined(title: str, **overrides) -> dict:
     payload = txt2img_payload(refiner_checkpoint=title, refiner_switch_at=SWITCH_AT, steps=STEPS, **overrides)
-    payload["override_settings"] = {"live_previews_enable": False, **payload.get("override_settings", {})}
+    payload["override_settings"] = {**NO_APPROX_PREVIEW, **payload.get("override_settings", {})}
     return payload
 
 
@@ -133,7 +134,7 @@ def test_an_sdxl_unit_follows_a_new_sdxl_model(webui: WebUI):
     assert base and twin
     adapters = webui.client.get("/ipadapter/v1/models?refresh=true").json()["models"]
     adapter = next(m["name"] for m in adapters if m["file"] == webui.extras.sdxl.adapter)
-    settings = {"sd_model_checkpoint": base, "live_previews_enable": False}
+    settings = {"sd_model_checkpoint": base, **NO_APPROX_PREVIEW}
     payload = refined(twin, override_settings=settings, override_settings_restore_afterwards=True)
     before = len(_log(webui))
     plain = generate(webui.client, payload)[0]

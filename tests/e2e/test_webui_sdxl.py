@@ -35,7 +35,7 @@ class Sdxl:
     adapter: str  # the SDXL IP-Adapter model's name
 
     def payload(self, **overrides) -> dict:
-        settings = {"sd_model_checkpoint": self.title, "live_previews_enable": False}
+        settings = {"sd_model_checkpoint": self.title, **tiny_sdxl.NO_APPROX_PREVIEW}
         return txt2img_payload(override_settings=settings, override_settings_restore_afterwards=True, **overrides)
 
 
