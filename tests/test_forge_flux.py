@@ -41,7 +41,12 @@ def make_env(tmp_path, monkeypatch):
     _, double = twin_models()
     patcher = flux_patcher(double)
     yield SimpleNamespace(
-        double=double, patcher=patcher, model=FluxForgeModel(patcher), memory=MemoryManagement(), sd=base, tmp=tmp_path
+        double=double,
+        patcher=patcher,
+        model=FluxForgeModel(patcher),
+        memory=MemoryManagement(),
+        sd=base,
+        tmp=tmp_path,
     )
     webui.close()
 
@@ -87,6 +92,52 @@ def test_a_unit_changes_flux_and_leaves_nothing_behind(env):
     assert torch.equal(after, baseline)  # the next request without a unit
     assert env.patcher.object_patches == {}
     assert not isinstance(env.double.double_blocks[0].forward, forge_flux.FluxBlockPatch)
+
+
+def ersatz_model(env) -> SimpleNamespace:
+    """Another copy of ``env``'s Flux (same weights, same model folders) under ersatzForge's
+    memory manager, which runs a clone of the loaded model without its object patches."""
+    from tests.doubles.forge_flux_sampling import FluxForgeModel, MemoryManagement, flux_patcher
+
+    _, double = twin_models()
+    patcher = flux_patcher(double)
+    memory = MemoryManagement(reuse_clones=True)
+    return SimpleNamespace(**{**vars(env), "double": double, "patcher": patcher, "model": FluxForgeModel(patcher), "memory": memory})  # fmt: skip
+
+
+@pytest.fixture
+def ersatz(env):
+    return ersatz_model(env)
+
+
+def _own_forwards(env) -> list[object]:
+    """Patches left as instance attributes on the blocks' modules (the class's methods aside)."""
+    return [m.__dict__["forward"] for m in env.double.modules() if "forward" in m.__dict__]
+
+
+def test_a_unit_acts_where_the_host_runs_a_clone_without_its_object_patches(ersatz):
+    # ersatzForge: the loaded model serves every later clone as it is; only the wrapper reaches it
+    baseline, _ = _run(ersatz, None)
+    one, _ = _run(ersatz, [_unit()])
+    assert _own_forwards(ersatz) == []  # put on for the call only
+    zero, _ = _run(ersatz, [_unit(0.0)])
+    after, _ = _run(ersatz, None)
+    assert (one - baseline).abs().max() > 1e-3
+    assert torch.equal(zero, baseline) and torch.equal(after, baseline)
+    assert _own_forwards(ersatz) == []
+
+
+def test_the_same_unit_gives_the_same_result_whether_the_host_or_the_wrapper_patches(env, ersatz):
+    # Forge applies the clone's object patches at load; on ersatzForge the first load of the model
+    # is our clone's (patches applied and left, inert, on the model), every later one the wrapper's
+    forge_one, _ = _run(env, [_unit()])
+    first, _ = _run(ersatz, [_unit()])
+    assert any(isinstance(f, forge_flux.FluxBlockPatch) for f in _own_forwards(ersatz))
+    after, _ = _run(ersatz, None)
+    again, _ = _run(ersatz, [_unit()])
+    plain, _ = _run(env, None)
+    assert torch.equal(first, forge_one) and torch.equal(again, forge_one)
+    assert torch.equal(after, plain)  # what the first load left is inert
 
 
 def test_true_cfg_and_batch_2(env):

@@ -130,3 +130,22 @@ def test_a_leftover_of_ours_is_inert_for_a_script_that_wraps_it(env):
     chain = _forward_chain(env.double.double_blocks[0])
     assert isinstance(chain[0], ScaledBlock) and isinstance(chain[1], forge_flux.FluxBlockPatch)
     assert chain[1].run.closed
+
+
+def test_both_apply_in_either_order_where_the_host_runs_clones_without_their_patches(env):
+    """ersatzForge runs a clone of the loaded model on it as it is (tests/doubles/forge_flux_sampling.py
+    ``reuse_clones``): our wrapper puts on, for its call, what the sampled clone's object patches
+    hold on our attributes, the other script's wrapper of ours included when it ran after us. The
+    same sequence of requests must give what it gives where Forge applies the patches itself."""
+    from tests.doubles.forge_flux_sampling import MemoryManagement
+    from tests.test_forge_flux import ersatz_model
+
+    ersatz, forge_twin = ersatz_model(env), ersatz_model(env)
+    forge_twin.memory = MemoryManagement()
+    theirs, twins = BlockScalingScript(0.9), BlockScalingScript(0.9)
+    for order in ("ou", "uo", "o", "uo", "ou", "u"):
+        requests = UNIT if "u" in order else None
+        got, expected = _request(ersatz, requests, order, theirs), _request(forge_twin, requests, order, twins)
+        if order != "o":  # alone, the other script's patches never reach ersatzForge's model (not ours)
+            assert torch.equal(got, expected), f"request {order!r} differs from Forge's"
+    assert not theirs.live

@@ -8,7 +8,8 @@ lllyasviel/stable-diffusion-webui-forge at dfdcbab6 (own implementations, no For
   y=…, guidance=…)`` (Flux ignores the options).
 * ``backend/memory_management.py``: loading a patcher first unloads every loaded clone of the same
   model (``unload_model_clones``: ``forge_unpatch_model``), then ``forge_patch_model`` sets the
-  object patches; ``model_patches_to`` moves the unet function wrapper.
+  object patches; ``model_patches_to`` moves the unet function wrapper. ersatzForge reuses a
+  loaded clone instead (``MemoryManagement(reuse_clones=True)``).
 * ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: chunks of B rows, uncond
   first when both fit in one call; ``transformer_options`` = a shallow copy plus
   ``cond_or_uncond``/``sigmas``; with a ``model_function_wrapper`` the model runs as
@@ -66,12 +67,23 @@ def flux_patcher(diffusion_model) -> UnetPatcher:
 
 
 class MemoryManagement:
-    """``current_loaded_models`` and ``load_models_gpu`` for one device."""
+    """``current_loaded_models`` and ``load_models_gpu`` for one device.
 
-    def __init__(self):
+    ``reuse_clones``: ersatzForge (DenOfEquity/ersatzForge fca12a2, ``backend/memory_management.py``
+    ``load_models_gpu``): a patcher that is a clone of a loaded one (same LoRA patches) runs on the
+    loaded model as it is: nothing unloaded, the new clone's object patches never applied. Only a
+    model not loaded yet gets its patcher's object patches."""
+
+    def __init__(self, reuse_clones: bool = False):
         self.loaded: list = []
+        self.reuse_clones = reuse_clones
 
     def load(self, patcher) -> None:
+        if self.reuse_clones:
+            same = [m for m in self.loaded if patcher.is_clone(m)]
+            if same:
+                self.loaded.insert(0, self.loaded.pop(self.loaded.index(same[0])))
+                return
         for other in [m for m in self.loaded if patcher.is_clone(m) and m is not patcher]:
             self.loaded.remove(other)
             other.forge_unpatch_model()

@@ -28,6 +28,7 @@ lifetime. Step/start/end, rows, masks and K/V placement are :class:`~.attn2_patc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from ...core.attend.flux import add_flux_image_term, add_to_attention, single_st
 from ..unet import FLUX_LABEL, flux_signature, is_flux
 from .attn2_patch import ForgeRun, KVModule
 from .flux_context import ContextUnits, image_tokens
-from .object_patches import ChainedPatch, chain_target, unpatched
+from .object_patches import ChainedPatch, chain_target, install_missing, put_back, unpatched
 
 _DOUBLE = "diffusion_model.double_blocks.{}"
 _SINGLE = "diffusion_model.single_blocks.{}"
@@ -70,6 +71,11 @@ class FluxRun:
     double: int = 0  # double blocks: InstantX numbers its single blocks after them
     call: _Call = field(default_factory=_Call)
     closed: bool = False
+    #: attribute paths we patch, for hosts that run a clone without applying its object patches
+    patches: dict[str, Any] = field(default_factory=dict)
+    #: the patcher the host samples with (the last script's clone): its object patches are what
+    #: the model must carry during a call
+    sampled: Callable[[], Any] | None = None
 
     @classmethod
     def from_run(cls, run: ForgeRun, double: int, context: ContextUnits | None = None) -> FluxRun:
@@ -90,6 +96,7 @@ class FluxRun:
         and let go of the units and their K/V (Forge keeps the last patched clone, and so these
         patches, until another model is loaded)."""
         self.closed = True
+        self.sampled = None
         for part in (self.xlabs, self.instantx):
             if part is not None:
                 part.release()
@@ -186,6 +193,8 @@ class FluxUnetWrapper:
 
     def _observed(self, apply_model: Any, args: dict) -> torch.Tensor:
         x = args["input"]
+        live = getattr(apply_model, "__self__", None)  # the model the host runs (KModel)
+        undo = install_missing(live, self._due()) if live is not None else []
         self.run.call.extra = {
             "cond_or_uncond": list(args["cond_or_uncond"]),
             "sigmas": args["timestep"],
@@ -195,6 +204,17 @@ class FluxUnetWrapper:
             return self._model(apply_model, args)
         finally:
             self.run.call.extra = None
+            put_back(undo)
+
+    def _due(self) -> dict[str, Any]:
+        """What the sampled patcher's object patches hold on the attributes we patch (ours, or
+        another script's wrapping ours when it ran after us): where the host has applied them,
+        the model already carries exactly these."""
+        sampled = self.run.sampled() if self.run.sampled is not None else None
+        own = getattr(sampled, "object_patches", None)
+        if not isinstance(own, dict):
+            return self.run.patches
+        return {name: own.get(name, patch) for name, patch in self.run.patches.items()}
 
     def _model(self, apply_model: Any, args: dict) -> torch.Tensor:
         if self.previous is not None:
@@ -215,16 +235,17 @@ class FluxUnetWrapper:
 _OURS = (QueryTap, FluxBlockPatch, AttentionTap)
 
 
-def _patch(patcher: Any, name: str, make: Any) -> None:
-    """Put ``make(previous, pristine)`` on ``name``, chained onto the clone's own list."""
-    previous = chain_target(patcher, name, _OURS)
-    patcher.add_object_patch(name, make(previous, unpatched(patcher.model, name)))
-
-
 def register_flux_patches(patcher: Any, run: FluxRun) -> None:
     """Object patches on the blocks the run's units need and the unet function wrapper, on
-    ``patcher`` (a clone)."""
+    ``patcher`` (a clone); the patches are also kept in ``run.patches`` for the wrapper."""
     model = patcher.model.diffusion_model
+
+    def _patch(patcher: Any, name: str, make: Any) -> None:
+        # chained onto the clone's own list
+        patch = make(chain_target(patcher, name, _OURS), unpatched(patcher.model, name))
+        patcher.add_object_patch(name, patch)
+        run.patches[name] = patch
+
     instantx = run.instantx is not None
     if run.xlabs is not None or instantx:
         for n in range(len(model.double_blocks)):
@@ -249,12 +270,16 @@ def register_flux_patches(patcher: Any, run: FluxRun) -> None:
     patcher.set_model_unet_function_wrapper(FluxUnetWrapper(run, previous))
 
 
-def patched_clone(patcher: Any, run: ForgeRun, context: ContextUnits | None = None) -> tuple[Any, FluxRun]:
+def patched_clone(
+    patcher: Any, run: ForgeRun, context: ContextUnits | None = None, sampled: Callable[[], Any] | None = None
+) -> tuple[Any, FluxRun]:
     """A clone of ``patcher`` carrying the units: patches, wrapper and the K/V for Forge's memory
     management; and the pass's :class:`FluxRun` (close it when the pass ends). ``patcher`` itself
-    is not changed."""
+    is not changed. ``sampled`` answers the patcher the host will sample with (``forge_objects.unet``
+    once every script has run); without it the wrapper puts on our own patches where missing."""
     clone = patcher.clone()
     flux_run = FluxRun.from_run(run, len(patcher.model.diffusion_model.double_blocks), context)
+    flux_run.sampled = sampled
     register_flux_patches(clone, flux_run)
     modules = [KVModule(run.units)] if run.units else []
     if context is not None:

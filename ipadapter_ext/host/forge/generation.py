@@ -141,7 +141,8 @@ class ForgeState(StateBase):
                 context = ContextUnits(
                     self.job.context, context_run, attention_namespace(patcher.model.diffusion_model)
                 )
-            clone, self.flux_run = forge_flux.patched_clone(patcher, run, context)
+            sampled = lambda: sd_model.forge_objects.unet  # noqa: E731  (the last script's clone)
+            clone, self.flux_run = forge_flux.patched_clone(patcher, run, context, sampled)
             sd_model.forge_objects.unet = self.patched = clone
             self.patched_model = sd_model
             return

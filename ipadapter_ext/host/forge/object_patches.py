@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+_ABSENT = object()
+
 
 def _owner(model: Any, name: str) -> tuple[Any, str]:
     *path, attr = name.split(".")
@@ -40,6 +42,33 @@ def unpatched(model: Any, name: str) -> Any:
     if callable(defined) and hasattr(defined, "__get__"):
         return defined.__get__(owner, type(owner))
     return getattr(owner, attr)
+
+
+def install_missing(model: Any, patches: dict[str, Any]) -> list[tuple[Any, str, Any]]:
+    """Put each of ``patches`` (attribute path → patch) on ``model`` where the host has not, and
+    return what to put back (:func:`put_back`).
+
+    ersatzForge's memory manager runs a clone of the model it has loaded on that model as it is
+    (``load_models_gpu``: "check for clones … can use already loaded"), without applying the
+    clone's object patches; options read per call (the unet function wrapper) still reach it. So
+    the wrapper puts the patches on for the length of its call, where they are not on already."""
+    undo = []
+    for name, patch in patches.items():
+        owner, attr = _owner(model, name)
+        if getattr(owner, attr, None) is patch:
+            continue
+        undo.append((owner, attr, owner.__dict__.get(attr, _ABSENT)))
+        setattr(owner, attr, patch)
+    return undo
+
+
+def put_back(undo: list[tuple[Any, str, Any]]) -> None:
+    """Undo :func:`install_missing`: each attribute as it was, the instance's own or none."""
+    for owner, attr, old in reversed(undo):
+        if old is _ABSENT:
+            owner.__dict__.pop(attr, None)
+        else:
+            setattr(owner, attr, old)
 
 
 def chain_target(patcher: Any, name: str, ours: tuple[type, ...]) -> Any:
