@@ -52,13 +52,17 @@ def install_missing(model: Any, patches: dict[str, Any]) -> list[tuple[Any, str,
     (``load_models_gpu``: "check for clones … can use already loaded"), without applying the
     clone's object patches; options read per call (the unet function wrapper) still reach it. So
     the wrapper puts the patches on for the length of its call, where they are not on already."""
-    undo = []
-    for name, patch in patches.items():
-        owner, attr = _owner(model, name)
-        if getattr(owner, attr, None) is patch:
-            continue
-        undo.append((owner, attr, owner.__dict__.get(attr, _ABSENT)))
-        setattr(owner, attr, patch)
+    undo: list[tuple[Any, str, Any]] = []
+    try:
+        for name, patch in patches.items():
+            owner, attr = _owner(model, name)
+            if getattr(owner, attr, None) is patch:
+                continue
+            undo.append((owner, attr, owner.__dict__.get(attr, _ABSENT)))
+            setattr(owner, attr, patch)
+    except BaseException:
+        put_back(undo)  # never leave half a set on the model
+        raise
     return undo
 
 
