@@ -91,6 +91,28 @@ def test_units_beside_another_block_patching_script_in_any_sequence(webui: WebUI
     assert same_pixels(request(False, AFTER), request(False, BEFORE)), "the two copies of the script differ alone"
     request(True, AFTER)
     assert same_pixels(generate(webui.client, flux_payload())[0], flux_baseline)
-    log = _log(webui)[start:]
+    log = _without_host_tracebacks(_log(webui)[start:])
     for bad in ("RecursionError", "KeyError", "Traceback"):
         assert bad not in log, f"the server log shows {bad}:\n{log[-4000:]}"
+
+
+#: Tracebacks a host prints on every generation whatever the extensions do, by a line unique to
+#: each: ersatzForge fca12a2's built-in Lora reads an option a fresh config.json lacks.
+HOST_TRACEBACKS = ("'Options' object has no attribute 'lora_add_hashes_to_infotext'",)
+
+
+def _without_host_tracebacks(log: str) -> str:
+    """``log`` without the traceback blocks (from "Traceback" to the exception line) that end in
+    one of :data:`HOST_TRACEBACKS`."""
+    out, rest = [], log
+    while "Traceback" in rest:
+        head, _, tail = rest.partition("Traceback")
+        block, newline, after = tail.partition("\nAttributeError: ")
+        line, _, after = after.partition("\n")
+        if newline and any(known in line for known in HOST_TRACEBACKS) and "Traceback" not in block:
+            out.append(head)
+            rest = after
+        else:
+            out.append(head + "Traceback")
+            rest = tail
+    return "".join(out) + rest
