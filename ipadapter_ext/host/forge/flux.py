@@ -23,7 +23,8 @@ script's patches on the same attributes work in either order. Forge applies obje
 it loads the clone for sampling and restores the originals when another clone of the same model
 is loaded, so the next request without a unit runs the original methods: the clone owns the
 lifetime. ersatzForge runs a clone of the loaded model without applying its object patches; there
-the wrapper puts the sampled clone's patches on for each model call and takes them off after it. Step/start/end, rows, masks and K/V placement are :class:`~.attn2_patch.ForgeRun`'s.
+the wrapper puts the sampled clone's patches on for each model call and takes them off after it.
+Step/start/end, rows, masks and K/V placement are :class:`~.attn2_patch.ForgeRun`'s.
 """
 
 from __future__ import annotations
