@@ -130,6 +130,25 @@ def test_appended_tokens_equal_diffusers_with_the_longer_context(doubles, tmp_pa
     assert (cond - s.oracle(None, extra=strength * no_silu)).abs().max() > 10 * ATOL
 
 
+def test_the_token_module_is_handed_to_forge_with_the_pass_and_released_with_it(doubles, tmp_path):
+    """Redux's tokens reach Forge's memory management as a module of the clone, like the K/V: the
+    pass's run lists it (to take it off the host's loaded models when the pass ends) and empties it
+    when the generation is over (the clone Forge keeps until the next one holds it)."""
+    from ipadapter_ext.host.forge import flux as forge_flux
+    from ipadapter_ext.host.forge.attn2_patch import ForgeRun
+    from ipadapter_ext.host.forge.flux_context import ContextUnits, attention_namespace
+
+    s = ReduxSetup(tmp_path)
+    clock, units = StepClock(), [s.unit()]
+    run = ForgeRun([], [], clock)
+    redux = ContextUnits(units, ForgeRun(units, [(1.0, 0.0)], clock), attention_namespace(s.double))  # type: ignore[arg-type]
+    clone, _ = forge_flux.patched_clone(s.patcher, run, redux)
+    handed = [patcher.model for patcher in clone.extra_model_patchers_during_sampling]
+    assert len(handed) == 1 and run.handed == handed and list(handed[0].buffers())
+    run.release()
+    assert not list(handed[0].buffers()) and run.handed == []
+
+
 def test_strength_zero_and_outside_start_end_are_no_unit(doubles, tmp_path):
     s = ReduxSetup(tmp_path)
     baseline, _ = s.run(None)

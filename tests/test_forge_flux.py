@@ -224,3 +224,18 @@ def test_the_loaded_flux_signature_is_what_routes_and_ui_check_against(env):
     signature = loaded_signature()
     assert (signature.arch, signature.family, signature.context_dim) == ("flux", "Flux", TXT)
     assert len(signature.attn2_widths) == len(env.double.double_blocks)
+
+
+def test_the_kv_module_leaves_the_hosts_loaded_models_when_the_pass_ends(env):
+    """Each Flux generation with a unit hands Forge a new K/V module; Forge never takes its entry
+    off (see test_forge.py): it is off the list once the pass is over, and stays off."""
+    from backend import memory_management
+
+    from ipadapter_ext.host.forge.attn2_patch import KVModule
+
+    memory_management.reset()
+    loaded = memory_management.current_loaded_models
+    for _ in range(3):
+        _run(env, [_unit()])
+        assert memory_management.calls and isinstance(memory_management.calls[-1][0][0].model, KVModule)
+        assert [e for e in loaded if isinstance(e.model.model, KVModule)] == []

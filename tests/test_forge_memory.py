@@ -77,6 +77,7 @@ class Run:
     encoded_on: set[str]
     preserved: list[int]  # hard_memory_preservation of each load
     kv_loaded: int  # loads of a K/V module by memory management
+    kv_left: int  # K/V modules still in memory management's list of loaded models after the job
     lora_on: dict[str, int]  # hooked attention Linears per UNet when the last step ran
 
 
@@ -130,7 +131,8 @@ def generate(env, monkeypatch, refiner: str | None = None, gpu: bool = False, fl
         monkeypatch.undo()
     calls = memory_management.calls
     kv = sum(isinstance(m.model, attn2_patch.KVModule) for models, _ in calls for m in models)
-    return Run(samples, errors, copies[0], encoded_on, [c[1] for c in calls], kv, dict(lora_on))
+    left = sum(isinstance(e.model.model, attn2_patch.KVModule) for e in memory_management.current_loaded_models)
+    return Run(samples, errors, copies[0], encoded_on, [c[1] for c in calls], kv, left, dict(lora_on))
 
 
 def check_resident() -> None:
@@ -170,6 +172,7 @@ def test_forge_on_a_second_device_with_the_refiner(env, monkeypatch, capsys, uni
     assert ("applied to the refiner" in out) is (refiner == "fitting")
     assert ("not applied after the switch" in out) is (refiner == "other")
     assert run.kv_loaded == (2 if refiner == "fitting" else 1)  # the refiner's clone brought its K/V module
+    assert run.kv_left == 0  # and both were taken off the host's list when the pass ended
     if unit == "faceid":
         # the LoRA is on the UNet that samples; its memory was declared to Forge at each load
         expected_on_now = 0 if refiner == "other" else 4 * 2 * 16

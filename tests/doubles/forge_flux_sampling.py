@@ -8,7 +8,8 @@ lllyasviel/stable-diffusion-webui-forge at dfdcbab6 (own implementations, no For
   y=…, guidance=…)`` (Flux ignores the options).
 * ``backend/memory_management.py``: loading a patcher first unloads every loaded clone of the same
   model (``unload_model_clones``: ``forge_unpatch_model``), then ``forge_patch_model`` sets the
-  object patches; ``model_patches_to`` moves the unet function wrapper. ersatzForge reuses a
+  object patches; ``model_patches_to`` moves the unet function wrapper. The extra modules the
+  patcher carries for sampling go to the backend double's ``current_loaded_models``. ersatzForge reuses a
   loaded clone instead (``MemoryManagement(reuse_clones=True)``).
 * ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: chunks of B rows, uncond
   first when both fit in one call; ``transformer_options`` = a shallow copy plus
@@ -91,6 +92,11 @@ class MemoryManagement:
             patcher.model_patches_to(patcher.load_device)
             patcher.forge_patch_model(patcher.load_device)
             self.loaded.insert(0, patcher)
+        # the modules the clone carries for sampling (K/V, Redux's tokens): entries in the host's
+        # list of loaded models (the backend double's), where nothing of Forge takes them off
+        from backend import memory_management
+
+        memory_management.load_models_gpu(list(patcher.extra_model_patchers_during_sampling))
 
 
 @dataclass

@@ -93,7 +93,9 @@ class ForgeRun:
     attention: Kernel = forge2_attention  # the host's own kernel (readers.py), for layers with no previous patch
     #: Per denoiser step (its progress): whether any UNet call of it ran uncond rows.
     uncond_by_step: dict[float, bool] = field(default_factory=dict)
-    kv_modules: list[KVModule] = field(default_factory=list)  # handed to Forge with this pass's clone
+    #: The modules handed to Forge's memory management with this pass's clone (the K/V; Redux's
+    #: tokens): taken off its list of loaded models when the pass ends, released with the run.
+    handed: list[nn.Module] = field(default_factory=list)
 
     def release(self) -> None:
         """Let go of the units and their K/V once the generation is over. Forge keeps the last
@@ -102,9 +104,9 @@ class ForgeRun:
         self.units = []
         self.sigma_ranges = []
         self._active = (None, [])
-        for module in self.kv_modules:
+        for module in self.handed:
             module.release()
-        self.kv_modules = []
+        self.handed = []
 
     @property
     def steps_seen(self) -> int:

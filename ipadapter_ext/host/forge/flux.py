@@ -286,7 +286,7 @@ def patched_clone(
     modules = [KVModule(run.units)] if run.units else []
     if context is not None:
         modules.append(context.module())
-    run.kv_modules.extend(modules[:1] if run.units else [])  # released with the run
+    run.handed.extend(modules)  # taken off the host's loaded models when the pass ends, released with the run
     for module in modules:
         clone.add_extra_torch_module_during_sampling(module, cast_to_unet_dtype=False)
     return clone, flux_run

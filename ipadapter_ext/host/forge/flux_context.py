@@ -80,6 +80,11 @@ class _TokenModule(nn.Module):
         for i, unit in enumerate(self._units):
             self.register_buffer(f"tokens_{i}", unit.tokens, persistent=False)
 
+    def release(self) -> None:
+        """The generation is over: the clone Forge keeps until the next one no longer holds the tokens."""
+        self._units = []
+        self._buffers.clear()
+
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> _TokenModule:
         super()._apply(fn, *args, **kwargs)
         for i, unit in enumerate(self._units):

@@ -49,6 +49,7 @@ from ..unet import attn2_slots, is_flux, model_signature
 from . import flux as forge_flux
 from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
 from .flux_context import ContextUnits, attention_namespace
+from .loaded_models import forget
 from .placement import current_placement, forge_placement
 from .readers import FORGE2, Readers
 
@@ -75,9 +76,17 @@ class ForgeState(StateBase):
     runs: list[ForgeRun] = field(default_factory=list)  # this generation's passes, released at its end
 
     def release(self) -> None:
+        self.forget_loaded()
         for run in self.runs:
             run.release()
         self.runs = []
+
+    def forget_loaded(self) -> None:
+        """Take this generation's K/V modules off the host's list of loaded models: the host never
+        does (``loaded_models.py``), and each generation hands it new ones."""
+        handed = [module for run in self.runs for module in run.handed]
+        if handed:
+            forget(self.readers.loaded_models(), handed)
 
     def count_run(self) -> None:
         """Fold the last pass's step counts into the generation's."""
@@ -90,6 +99,7 @@ class ForgeState(StateBase):
 
     def end_pass(self, p: Any) -> None:
         self.patched = None
+        self.forget_loaded()  # the pass's sampler is done with them (also after an exception)
         if self.job is not None:
             self.job.detach_loras()
         self.close_flux_run()
@@ -148,8 +158,8 @@ class ForgeState(StateBase):
             return
         clone = patcher.clone()
         register_patches(clone, run)
-        run.kv_modules.append(KVModule(self.job.units))
-        clone.add_extra_torch_module_during_sampling(run.kv_modules[-1], cast_to_unet_dtype=False)
+        run.handed.append(KVModule(self.job.units))
+        clone.add_extra_torch_module_during_sampling(run.handed[-1], cast_to_unet_dtype=False)
         sd_model.forge_objects.unet = self.patched = clone
         self.patched_model = sd_model
         # FaceID's LoRA: hooks on the shared UNet's attention Linears, taken off when the pass ends

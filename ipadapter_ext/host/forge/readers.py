@@ -2,14 +2,16 @@
 
 Forge 2 (``backend/``) and Forge 1 (``ldm_patched/``, reForge and Forge Classic) both take attn2
 replace patches on a clone of the UNet patcher with the same keys and ``extra_options``, so
-``generation.py`` serves both. Four things differ, and each family names its own in a
+``generation.py`` serves both. Five things differ, and each family names its own in a
 :class:`Readers`:
 
 * the attention kernel the host's own ``CrossAttention`` calls (the patch calls it in its place,
   so that weight 0 gives the host's output bit for bit);
 * the sigma schedule on the model object, for UNet calls the denoiser did not report;
 * the dtype the UNet computes in, for the K/V;
-* where ``sampling_prepare`` lives (a refiner loaded mid-sampling is prepared again).
+* where ``sampling_prepare`` lives (a refiner loaded mid-sampling is prepared again);
+* where memory management keeps its list of loaded models (the K/V modules we hand it are taken
+  off that list when the generation's passes end: ``loaded_models.py``).
 
 Model attributes are read through the patcher's object patches first (what
 ``get_model_object`` does where the patcher has it): another extension may have replaced the
@@ -49,6 +51,8 @@ class Readers:
     #: (UNet patcher, latent) → the host's ``sampling_prepare``: memory management loads the patcher
     #: with its extra patchers (a refiner loaded mid-sampling needs it again)
     prepare: Callable[[Any, Any], None]
+    #: the host's ``current_loaded_models`` (entries with ``.model``, the patcher), the list itself
+    loaded_models: Callable[[], list]
     #: why this family cannot run Flux adapters ("" where it can)
     no_flux: str = ""
 
@@ -78,4 +82,11 @@ def forge2_prepare(patcher: Any, x: Any) -> None:
     sampling_prepare(patcher, x=x)
 
 
-FORGE2 = Readers("Forge 2", forge2_attention, forge2_schedule, forge2_dtype, forge2_prepare)
+def forge2_loaded_models() -> list:
+    """``backend.memory_management.current_loaded_models`` (imported at call time)."""
+    from backend import memory_management
+
+    return memory_management.current_loaded_models
+
+
+FORGE2 = Readers("Forge 2", forge2_attention, forge2_schedule, forge2_dtype, forge2_prepare, forge2_loaded_models)

@@ -9,6 +9,7 @@ Read in reForge main 3b56b268 and Forge Classic 1f95d717 (``classic`` branch):
   ``optimized_attention(q, k, v, heads)``; reForge adds ``attn_precision=`` (also put in
   ``extra_options["attn_precision"]`` by its transformer block), Forge Classic has no such
   parameter. The name is looked up on the module at every call, as the host's own layer does.
+* loaded models: ``ldm_patched/modules/model_management.py``'s ``current_loaded_models``.
 * schedule: ``BaseModel.model_sampling`` (``ldm_patched/modules/model_sampling.py``), whose
   ``percent_to_sigma`` is what ComfyUI's ControlNet gates by.
 * dtype: ``BaseModel.manual_cast_dtype`` when the weights are cast for compute (e.g. fp8 or bf16
@@ -60,4 +61,14 @@ def forge1_prepare(patcher: Any, x: Any) -> None:
     sampling_prepare(patcher, x)
 
 
-FORGE1 = Readers("Forge 1", ldm_patched_attention, forge1_schedule, forge1_dtype, forge1_prepare, no_flux=NO_FLUX)
+def forge1_loaded_models() -> list:
+    """``ldm_patched.modules.model_management.current_loaded_models`` (imported at call time)."""
+    from ldm_patched.modules import model_management
+
+    return model_management.current_loaded_models
+
+
+FORGE1 = Readers(
+    "Forge 1", ldm_patched_attention, forge1_schedule, forge1_dtype, forge1_prepare, forge1_loaded_models,
+    no_flux=NO_FLUX,
+)  # fmt: skip

@@ -4,8 +4,11 @@
 ``load_models_gpu(models, memory_required, hard_memory_preservation)``: a patcher already loaded
 moves to the front; each new one first unloads every loaded clone of the same model
 (``unload_model_clones``, without moving it), then is loaded: its model goes to ``load_device``
-(``forge_patch_model``; for a UNet patcher the ``diffusion_model``), and it joins
-``current_loaded_models``. ``hard_memory_preservation`` (what patchers asked to keep free) is
+(``forge_patch_model``; for a UNet patcher the ``diffusion_model``), and a ``LoadedModel`` entry
+for it (``.model`` the patcher; equal when the patcher is the same) joins ``current_loaded_models``
+at the front. Nothing takes an entry off but a clone's load and ``unload_all_models``: Forge drops
+entries otherwise only in ``free_memory``, which it runs for a GPU only, and never calls
+``cleanup_models``. ``hard_memory_preservation`` (what patchers asked to keep free) is
 recorded for the tests. Nothing is offloaded for lack of memory here (the fake GPU has no size);
 ``unload_all_models`` sends everything back to ``offload_device``.
 """
@@ -13,6 +16,16 @@ recorded for the tests. Nothing is offloaded for lack of memory here (the fake G
 from __future__ import annotations
 
 current_loaded_models: list = []
+
+
+class LoadedModel:
+    def __init__(self, model):
+        self.model = model
+
+    def __eq__(self, other):
+        return self.model is other.model
+
+
 #: Per call of load_models_gpu: (the patchers asked for, hard_memory_preservation).
 calls: list = []
 
@@ -38,20 +51,20 @@ def _unload(patcher, move: bool = True) -> None:
 def load_models_gpu(models, memory_required=0, hard_memory_preservation=0) -> None:
     calls.append((list(models), hard_memory_preservation))
     for patcher in models:
-        if any(loaded is patcher for loaded in current_loaded_models):
-            current_loaded_models.remove(patcher)
-            current_loaded_models.insert(0, patcher)
+        entry = LoadedModel(patcher)
+        if entry in current_loaded_models:
+            current_loaded_models.insert(0, current_loaded_models.pop(current_loaded_models.index(entry)))
             continue
-        for other in [m for m in current_loaded_models if patcher.is_clone(m)]:
+        for other in [e for e in current_loaded_models if patcher.is_clone(e.model)]:
             current_loaded_models.remove(other)
-            _unload(other, move=False)
+            _unload(other.model, move=False)
         _load(patcher)
-        current_loaded_models.insert(0, patcher)
+        current_loaded_models.insert(0, entry)
 
 
 def unload_all_models() -> None:
     while current_loaded_models:
-        _unload(current_loaded_models.pop())
+        _unload(current_loaded_models.pop().model)
 
 
 def soft_empty_cache(force=False) -> None:
