@@ -2,7 +2,8 @@
 removes afterwards: one route, ``GET /e2e-probe/v1/memory``, that says where the host keeps the
 loaded model, so the memory-flag tests can check from outside that ``--medvram``/``--lowvram``
 really engaged A1111's ``modules/lowvram.py`` (its forward pre-hooks on the UNet wrapper, or on
-the UNet's blocks) and, on a GPU, how much VRAM is allocated between generations.
+the UNet's blocks), on a GPU how much VRAM is allocated between generations, and on the Forge
+family what its memory management lists as loaded (the class of each entry's model).
 
 It is test set-up, written by the test code like the tiny models; nothing of it is part of the
 extension.
@@ -19,6 +20,19 @@ SCRIPT = (
     '''"""Written by sd-webui-ipadapter's end-to-end suite (tests/e2e/probe.py); removed after the run."""
 
 from modules import script_callbacks
+
+
+def _loaded_models():
+    """The class names of the models in the Forge family's list of loaded models (None elsewhere)."""
+    import importlib
+
+    for name in ("backend.memory_management", "ldm_patched.modules.model_management"):
+        try:
+            entries = list(importlib.import_module(name).current_loaded_models)
+        except (ImportError, AttributeError):
+            continue
+        return [type(getattr(getattr(e, "model", None), "model", None)).__name__ for e in entries]
+    return None
 
 
 def _report():
@@ -38,6 +52,7 @@ def _report():
         "wrapper_pre_hooks": 0 if wrapper is None else len(wrapper._forward_pre_hooks),
         "block_pre_hooks": len(getattr(unet, "middle_block", unet)._forward_pre_hooks),
         "cuda": bool(torch.cuda.is_available()),
+        "loaded_models": _loaded_models(),
     }
     if info["cuda"]:
         torch.cuda.synchronize()

@@ -9,6 +9,10 @@ GPU, a generation with a unit must leave the allocated VRAM where a generation w
 it: the encoder, the projections and the K/V are gone from the device afterwards. Every other file
 of the suite runs under the same flags; a tensor on the wrong device fails their requests.
 
+On the Forge family the probe also lists the host's loaded models: generations with units leave
+that list as a generation without one leaves it (each hands the host a new K/V module, which the
+host itself would keep listed).
+
 ``WEBUI_E2E_REPORT=path.json``: the probe's answers and the measured VRAM are written there (the
 matrix script puts them in its table).
 """
@@ -86,6 +90,22 @@ def test_a_unit_leaves_no_vram_behind(webui: WebUI, model: str):
     report(vram={"allocated_before": before["allocated"], "allocated_after": after["allocated"], "grown": grown})
     # the tiny encoder/adapter are a few MB; allow the allocator some slack, nothing model-sized
     assert grown < 32 * 2**20, f"{grown / 2**20:.1f} MiB more allocated after a generation with a unit"
+
+
+def test_units_leave_the_hosts_list_of_loaded_models_as_they_found_it(webui: WebUI, model: str):
+    plain = txt2img_payload(steps=2)
+    generate(webui.client, plain)
+    before = probe(webui)["loaded_models"]
+    if before is None:
+        pytest.skip("this host has no Forge memory management (A1111 keeps one model, no list)")
+    lists = []
+    for seed in (1, 2, 3):
+        generate(webui.client, with_units({**plain, "seed": seed}, unit(model)))
+        lists.append(probe(webui)["loaded_models"])
+    report(loaded_models={"before": before, "after_units": lists})
+    for after in lists:
+        assert not {"KVModule", "_TokenModule"} & set(after), after
+        assert sorted(after) == sorted(before), (before, after)
 
 
 def test_medvram_sdxl_engages_lowvram_for_sdxl_only(webui: WebUI, model: str):
