@@ -277,7 +277,10 @@ class Engine:
                 enc = combine_encoded(enc, req.combine, None if req.per_image else req.image_weights)
                 uncond = adapter.negative_inputs(enc, encoder)
                 scale = req.faceid_v2_weight
-                pairs.append(tuple(self._project(adapter, e, place, scale) for e in (enc, uncond)))
+                # a pair display, not tuple(<generator>): CPython grows that tuple in place between
+                # the (slow) projections, and fails with SystemError if another thread meanwhile holds
+                # a reference to it (gc.get_objects(), as memory profilers call; CPython gh-107137)
+                pairs.append((self._project(adapter, enc, place, scale), self._project(adapter, uncond, place, scale)))
         cond, uncond = (torch.cat(side) for side in zip(*pairs, strict=True))
         return encoder_name, cond, uncond
 
