@@ -128,6 +128,13 @@ def test_flux_request_without_unit_after_one_equals_the_baseline(webui: WebUI, f
     assert same_pixels(after, flux_baseline), "the unit's object patches or state leaked into the next request"
 
 
+def test_flux_units_leave_the_hosts_list_of_loaded_models_as_they_found_it(webui: WebUI, flux: str):
+    from .test_webui_memory import assert_units_leave_loaded_models
+
+    plain = flux_payload(steps=2)
+    assert_units_leave_loaded_models(webui, plain, lambda seed: with_units({**plain, "seed": seed}, unit(flux)))
+
+
 def test_flux_batch_of_two(webui: WebUI, flux: str):
     plain = generate(webui.client, flux_payload(batch_size=2))
     images = generate(webui.client, with_units(flux_payload(batch_size=2), unit(flux)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,13 +95,19 @@ def test_a_unit_leaves_no_vram_behind(webui: WebUI, model: str):
 
 def test_units_leave_the_hosts_list_of_loaded_models_as_they_found_it(webui: WebUI, model: str):
     plain = txt2img_payload(steps=2)
+    assert_units_leave_loaded_models(webui, plain, lambda seed: with_units({**plain, "seed": seed}, unit(model)))
+
+
+def assert_units_leave_loaded_models(webui: WebUI, plain: dict, with_unit: Callable[[int], dict]) -> None:
+    """After a plain generation, three with a unit (``with_unit(seed)``): the Forge family's list of
+    loaded models holds after each what it held after the plain one (test_webui_flux.py too)."""
     generate(webui.client, plain)
     before = probe(webui)["loaded_models"]
     if before is None:
         pytest.skip("this host has no Forge memory management (A1111 keeps one model, no list)")
     lists = []
     for seed in (1, 2, 3):
-        generate(webui.client, with_units({**plain, "seed": seed}, unit(model)))
+        generate(webui.client, with_unit(seed))
         lists.append(probe(webui)["loaded_models"])
     report(loaded_models={"before": before, "after_units": lists})
     for after in lists:
