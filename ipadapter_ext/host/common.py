@@ -33,6 +33,7 @@ from ..ui.args import parse_script_args
 from ..ui.infotext import KEY, unit_infotext
 from .callbacks import register
 from .face_preprocessors import register_face_preprocessors
+from .heap_trim import trim_heap
 from .img2img_inputs import resolve as resolve_img2img
 from .inpaint_area import follow_inpaint_area
 from .models import (
@@ -256,9 +257,13 @@ def drop_state(p: Any) -> None:
 
 
 def end_generation(p: Any) -> None:
-    """``postprocess``: the job's state goes, and the caches are emptied when the settings say so."""
+    """``postprocess``: the job's state goes, the caches are emptied when the settings say so, and
+    after a generation with units the heap's freed memory goes back to the OS (``heap_trim.py``)."""
+    had_units = get_state(p) is not None
     drop_state(p)
     after_generation()
+    if had_units:
+        trim_heap()
 
 
 def append_maps(p: Any, processed: Any, state: StateBase) -> None:
