@@ -387,38 +387,3 @@ def test_the_kv_go_at_the_end_of_the_generation_though_forge_keeps_the_patched_c
     assert a1111.engine().cache_report()["kv"]["entries"] == 0
     module = clone.extra_model_patchers_during_sampling[0].model
     assert not list(module.buffers())
-
-
-@torch.no_grad()
-def test_no_generation_leaves_an_entry_of_ours_in_the_hosts_loaded_models(env):
-    """Forge (on the CPU), Forge Classic and ersatzForge take an entry off their list of loaded
-    models only for a clone's load or for room on a GPU, and every generation with a unit hands them
-    a new K/V module: the Forge soak counted one entry more per generation. The K/V module is on the
-    list while the pass samples and off it when the pass ends (hires, an exception included); the
-    UNet's entry and another extension's stay."""
-    from ipadapter_ext.host.forge.flux_context import _TokenModule
-
-    loaded = env.state.readers.loaded_models()
-    loaded.clear()
-    other = SimpleNamespace(model=SimpleNamespace(model=torch.nn.Linear(1, 1)))  # another extension's entry
-    loaded.append(other)
-    ours = (forge_patch.KVModule, _TokenModule)
-    during: list[int] = []
-
-    def count(params):
-        during.append(sum(isinstance(getattr(e.model, "model", None), ours) for e in loaded))
-
-    script_callbacks.on_cfg_denoiser(count, name="test_count_loaded")
-    try:
-        for p in (job(env), job(env, enable_hr=True), job(env)):
-            run_forge_job(env.script, unit_args(PLUS), p)
-            assert [e for e in loaded if isinstance(e.model.model, ours)] == []
-            assert len(loaded) == 2 and other in loaded  # the UNet's clone replaced its previous one
-            assert p.sd_model.forge_objects.unet.is_clone(loaded[0].model)
-        with pytest.raises(RuntimeError, match="sampling failed at step 1"):
-            run_forge_job(env.script, unit_args(PLUS), job(env, fail_at_step=1))
-        assert [e for e in loaded if isinstance(e.model.model, ours)] == [] and other in loaded
-    finally:
-        script_callbacks.callbacks["cfg_denoiser"].pop()
-    steps = 3 * (1 + 2 + 1) + 1  # first passes, the hires job's two passes, the failing job's first step
-    assert during == [1] * steps  # loaded with the pass's clone, one at a time

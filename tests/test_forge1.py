@@ -37,7 +37,6 @@ from tests.test_forge import (  # noqa: F401 (the shared generation tests, colle
     test_errors_surface_before_sampling,
     test_forge_patch_equals_the_a1111_path,
     test_kv_module_moves_the_tensors_the_units_read,
-    test_no_generation_leaves_an_entry_of_ours_in_the_hosts_loaded_models,
     test_pulid_on_the_key_is_chained_and_named,
     test_same_api_units_and_infotext_as_a1111,
     test_several_init_images_each_reference_their_own_image,
@@ -47,6 +46,9 @@ from tests.test_forge import (  # noqa: F401 (the shared generation tests, colle
 from tests.test_forge_hires import (  # noqa: F401
     test_a_hires_job_prints_no_other_patch_line,
     test_the_pre_reset_hook_call_replaces_our_own_patches,
+)
+from tests.test_forge_loaded_models import (  # noqa: F401
+    test_no_generation_leaves_an_entry_of_ours_in_the_hosts_loaded_models,
 )
 
 FORGE1_DOUBLES = str(Path(__file__).parent / "doubles" / "forge1")

@@ -30,8 +30,6 @@ from ...interop.controlnet import coexistence_note
 from ..callbacks import register
 from ..common import (
     StateBase,
-    append_faces,
-    append_maps,
     end_generation,
     get_state,
     new_state,
@@ -41,6 +39,7 @@ from ..common import (
     wrap_sampler,
 )
 from ..models import engine
+from ..outputs import append_faces, append_maps
 from ..unet import unet_layout
 from .placement import current_placement, placement
 

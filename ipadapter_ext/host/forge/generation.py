@@ -34,8 +34,6 @@ from ...ui.infotext import KEY
 from ..callbacks import register
 from ..common import (
     StateBase,
-    append_faces,
-    append_maps,
     end_generation,
     get_state,
     new_state,
@@ -45,6 +43,7 @@ from ..common import (
     wrap_sampler,
 )
 from ..models import engine
+from ..outputs import append_faces, append_maps
 from ..unet import attn2_slots, is_flux, model_signature
 from . import flux as forge_flux
 from .attn2_patch import Attn2Patch, ForgeRun, KVModule, StepClock
